@@ -1,0 +1,215 @@
+"""Pure-PyTorch versions of the few custom ops StyleGAN2 is built from.
+
+NVIDIA's `torch_utils.ops` ships CUDA kernels with slow reference fallbacks; these
+are the reference semantics (FIR filtering with `upfirdn2d`, resampling convolution,
+bias + activation + clamp), written with standard PyTorch calls so they run on any
+device without a compiler. The order of operations follows NVIDIA's so that outputs
+agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+Padding = tuple[int, int, int, int]
+
+ACTIVATION_GAINS = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2)}
+
+
+def setup_filter(taps: list[float] | torch.Tensor) -> torch.Tensor:
+    """Separable taps -> normalised 2-D low-pass filter (NVIDIA's `setup_filter`)."""
+    f = torch.as_tensor(taps, dtype=torch.float32)
+    if f.ndim == 1:
+        f = f.ger(f)
+    return f / f.sum()
+
+
+def bias_act(
+    x: torch.Tensor,
+    b: torch.Tensor | None = None,
+    act: str = "linear",
+    gain: float | None = None,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """Add bias, apply activation, scale by gain, clamp to +-clamp."""
+    if b is not None:
+        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+    elif act == "relu":
+        x = F.relu(x)
+    elif act != "linear":
+        raise ValueError(f"unsupported activation {act!r}")
+    gain = ACTIVATION_GAINS[act] if gain is None else gain
+    if gain != 1:
+        x = x * gain
+    if clamp is not None and clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def _padding4(padding: int | list[int] | tuple[int, ...]) -> Padding:
+    if isinstance(padding, int):
+        return padding, padding, padding, padding
+    if len(padding) == 2:
+        return padding[0], padding[0], padding[1], padding[1]
+    return tuple(padding)  # type: ignore[return-value]
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: int = 1,
+    down: int = 1,
+    padding: int | list[int] | tuple[int, ...] = 0,
+    gain: float = 1,
+) -> torch.Tensor:
+    """Upsample by zero insertion, pad, convolve with FIR filter `f`, downsample."""
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    n, c, h, w = x.shape
+    px0, px1, py0, py1 = _padding4(padding)
+    if up > 1:
+        x = x.reshape([n, c, h, 1, w, 1])
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape([n, c, h * up, w * up])
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    f = (f * (gain ** (f.ndim / 2))).to(x.dtype).flip([0, 1])
+    x = F.conv2d(x, f[None, None].repeat([c, 1, 1, 1]), groups=c)
+    return x[:, :, ::down, ::down]
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
+    fw = f.shape[-1]
+    p = [(fw + up - 1) // 2, (fw - up) // 2]
+    return upfirdn2d(x, f, up=up, padding=[p[0], p[1], p[0], p[1]], gain=up * up)
+
+
+def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2) -> torch.Tensor:
+    fw = f.shape[-1]
+    p = [(fw - down + 1) // 2, (fw - down) // 2]
+    return upfirdn2d(x, f, down=down, padding=[p[0], p[1], p[0], p[1]])
+
+
+def _conv(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
+    if not flip_weight:
+        w = w.flip([2, 3])
+    if transpose:
+        return F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
+    return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+
+
+def conv2d_resample(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    f: torch.Tensor | None = None,
+    up: int = 1,
+    down: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    flip_weight: bool = True,
+) -> torch.Tensor:
+    """2-D convolution with optional FIR up/downsampling (NVIDIA's `conv2d_resample`).
+
+    The same fast paths as the original are taken (they decide float rounding):
+    1x1 + down: filter then conv; 1x1 + up: conv then filter; down: filter then
+    strided conv; up: transposed strided conv then filter; else plain conv.
+    """
+    out_ch, in_ch_per_group, kh, kw = w.shape
+    fw = fh = 1 if f is None else f.shape[-1]
+    px0 = px1 = py0 = py1 = padding
+    if up > 1:
+        px0 += (fw + up - 1) // 2
+        px1 += (fw - up) // 2
+        py0 += (fh + up - 1) // 2
+        py1 += (fh - up) // 2
+    if down > 1:
+        px0 += (fw - down + 1) // 2
+        px1 += (fw - down) // 2
+        py0 += (fh - down + 1) // 2
+        py1 += (fh - down) // 2
+
+    if kw == 1 and kh == 1 and down > 1 and up == 1:
+        x = upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1])
+        return _conv(x, w, groups=groups, flip_weight=flip_weight)
+    if kw == 1 and kh == 1 and up > 1 and down == 1:
+        x = _conv(x, w, groups=groups, flip_weight=flip_weight)
+        return upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up**2)
+    if down > 1 and up == 1:
+        x = upfirdn2d(x, f, padding=[px0, px1, py0, py1])
+        return _conv(x, w, stride=down, groups=groups, flip_weight=flip_weight)
+    if up > 1:
+        if groups == 1:
+            w = w.transpose(0, 1)
+        else:
+            w = w.reshape(groups, out_ch // groups, in_ch_per_group, kh, kw).transpose(1, 2)
+            w = w.reshape(groups * in_ch_per_group, out_ch // groups, kh, kw)
+        px0 -= kw - 1
+        px1 -= kw - up
+        py0 -= kh - 1
+        py1 -= kh - up
+        pxt = max(min(-px0, -px1), 0)
+        pyt = max(min(-py0, -py1), 0)
+        x = _conv(x, w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True, flip_weight=not flip_weight)
+        x = upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up**2)
+        if down > 1:
+            x = upfirdn2d(x, f, down=down)
+        return x
+    if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
+        return _conv(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
+    x = upfirdn2d(x, None, padding=[px0, px1, py0, py1])
+    x = _conv(x, w, groups=groups, flip_weight=flip_weight)
+    if down > 1:
+        x = upfirdn2d(x, f, down=down)
+    return x
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    up: int = 1,
+    padding: int = 0,
+    resample_filter: torch.Tensor | None = None,
+    demodulate: bool = True,
+    flip_weight: bool = True,
+    fused_modconv: bool = True,
+) -> torch.Tensor:
+    """StyleGAN2's modulated (and demodulated) convolution, fp32 path only."""
+    batch = x.shape[0]
+    out_ch, in_ch, kh, kw = weight.shape
+    w = dcoefs = None
+    if demodulate or fused_modconv:
+        w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)
+    if demodulate:
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+    if demodulate and fused_modconv:
+        w = w * dcoefs.reshape(batch, -1, 1, 1, 1)
+
+    if not fused_modconv:
+        x = x * styles.reshape(batch, -1, 1, 1)
+        x = conv2d_resample(x, weight, f=resample_filter, up=up, padding=padding, flip_weight=flip_weight)
+        if demodulate and noise is not None:
+            return torch.addcmul(noise, x, dcoefs.reshape(batch, -1, 1, 1))
+        if demodulate:
+            return x * dcoefs.reshape(batch, -1, 1, 1)
+        if noise is not None:
+            return x + noise
+        return x
+
+    x = x.reshape(1, -1, *x.shape[2:])
+    w = w.reshape(-1, in_ch, kh, kw)
+    x = conv2d_resample(x, w, f=resample_filter, up=up, padding=padding, groups=batch, flip_weight=flip_weight)
+    x = x.reshape(batch, -1, *x.shape[2:])
+    if noise is not None:
+        x = x + noise
+    return x

@@ -1,0 +1,51 @@
+"""Shared test helpers: where `../shared` lives, and skipping cleanly without it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GENBACKBONES_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "stylegan2"
+FIXTURE_VARIANTS = sorted(p.name for p in FIXTURES.glob("*") if (p / "expected.safetensors").exists()) if FIXTURES.exists() else []
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tolerance(ref: torch.Tensor) -> float:
+    """The fixtures' documented tolerance: 1e-5 * max(1, max|ref|)."""
+    return 1e-5 * max(1.0, ref.abs().max().item())
+
+
+def assert_close_to_reference(name: str, got: torch.Tensor, ref: torch.Tensor) -> None:
+    assert tuple(got.shape) == tuple(ref.shape), f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    err = (got.detach().float() - ref).abs().max().item()
+    assert err <= tolerance(ref), f"{name}: max|diff| {err:.3e} > tolerance {tolerance(ref):.3e}"
+
+
+@pytest.fixture(scope="session")
+def fixture_dir():
+    def get(variant: str) -> Path:
+        path = FIXTURES / variant
+        if not (path / "expected.safetensors").exists():
+            pytest.skip(f"NVIDIA reference fixtures not found at {path} (they live in ../shared beside the repo)")
+        return path
+
+    return get
+
+
+def load_fixture(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {
+        "kwargs": json.loads((path / "init_kwargs.json").read_text()),
+        "G_ema": load_file(path / "G_ema.safetensors"),
+        "G": load_file(path / "G.safetensors"),
+        "D": load_file(path / "D.safetensors"),
+        "expected": load_file(path / "expected.safetensors"),
+    }
