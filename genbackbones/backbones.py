@@ -1,0 +1,128 @@
+"""timm backbones as multi-scale feature extractors, and how images are fed to them.
+
+Every method trains a timm model created with `features_only=True`, so any timm
+architecture with `feature_info` works (HRNet, ResNet, ConvNeXt, ...). For HRNet
+the segmentation representation is used (`feature_location=''`: the raw branches
+at strides 4/8/16/32, plus the stride-2 stem); `'incre'` would give the
+classifier's bottleneck features instead.
+
+Generator images live in [-1, 1]. `InputNormalizer` maps them to what the backbone
+expects, and the same mean/std is written into the export's `pretrained_cfg`, so a
+user feeding [0, 1] images through timm's usual transforms sees what training saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+
+from .errors import UserError
+
+GENERATOR_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [0,1] -> [-1,1], the generator's range
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What to build: a timm architecture, its init, and feature options."""
+
+    arch: str = "hrnet_w18_small"
+    init: str = "random"  # random | imagenet
+    feature_location: str | None = None  # HRNet only: '' (default, segmentation branches) or 'incre'
+    out_indices: tuple[int, ...] | None = None
+    pretrained_tag: str | None = None  # e.g. 'ms_in1k'; None = timm's default tag for the arch
+
+
+def is_hrnet(arch: str) -> bool:
+    return arch.split(".")[0].startswith("hrnet")
+
+
+def feature_kwargs(spec: BackboneSpec) -> dict:
+    """Keyword arguments for `timm.create_model(..., features_only=True)`."""
+    kwargs: dict = {"features_only": True}
+    if is_hrnet(spec.arch):
+        kwargs["feature_location"] = "" if spec.feature_location is None else spec.feature_location
+    if spec.out_indices is not None:
+        kwargs["out_indices"] = tuple(spec.out_indices)
+    return kwargs
+
+
+def create_backbone(spec: BackboneSpec) -> nn.Module:
+    """A timm features_only model; `init='imagenet'` requires timm's weights to be present locally."""
+    if not timm.is_model(spec.arch.split(".")[0]):
+        raise UserError(f"unknown timm architecture {spec.arch!r}; see `timm.list_models()` for valid names")
+    if spec.init not in ("random", "imagenet"):
+        raise UserError(f"backbone.init must be 'random' or 'imagenet', got {spec.init!r}")
+    name = spec.arch if spec.pretrained_tag is None else f"{spec.arch.split('.')[0]}.{spec.pretrained_tag}"
+    if spec.init == "random":
+        return timm.create_model(name, pretrained=False, **feature_kwargs(spec))
+    return create_pretrained(name, **feature_kwargs(spec))
+
+
+def create_pretrained(name: str, **kwargs) -> nn.Module:
+    """timm's pretrained weights for `name`, or a UserError saying how to provide them offline."""
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # no network, not in the HF cache, or no weights for this tag
+        hub_id = _hub_id_for(name)
+        raise UserError(
+            f"ImageNet weights for {name} are not available ({type(err).__name__}); put them in the Hugging Face "
+            f"cache (e.g. `huggingface-cli download {hub_id}` on a machine with internet, then copy ~/.cache/huggingface) "
+            f"or set backbone.init=random"
+        ) from None
+
+
+def _hub_id_for(name: str) -> str:
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+        return getattr(cfg, "hf_hub_id", None) or f"timm/{name}"
+    except Exception:
+        return f"timm/{name}"
+
+
+def backbone_mean_std(spec: BackboneSpec, model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation the backbone is trained with: ImageNet's for imagenet init, else the generator's."""
+    if spec.init == "imagenet":
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    return GENERATOR_MEAN_STD
+
+
+class InputNormalizer(nn.Module):
+    """Maps generator images in [-1, 1] to backbone input normalised with mean/std (of [0, 1] images)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).reshape(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).reshape(1, -1, 1, 1), persistent=False)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return ((img + 1) / 2 - self.mean) / self.std
+
+
+def feature_shapes(model: nn.Module, resolution: int) -> list[tuple[int, int]]:
+    """(channels, spatial size) of every feature level for a square input of `resolution`."""
+    info = model.feature_info
+    return [(c, max(1, resolution // r)) for c, r in zip(info.channels(), info.reduction())]
+
+
+def full_model_for_export(spec: BackboneSpec, features: nn.Module) -> nn.Module:
+    """The headless classification model (num_classes=0) carrying the trained feature weights.
+
+    timm loads a Hub/local checkpoint into the full model, and builds features_only
+    models from it; a features-only state dict does not load back as the full model
+    (HRNet's incre/final layers are absent), so the export is the full state dict.
+    Modules the features never used keep timm's initialisation and are reported.
+    """
+    name = spec.arch if spec.pretrained_tag is None else f"{spec.arch.split('.')[0]}.{spec.pretrained_tag}"
+    if spec.init == "imagenet":
+        full = create_pretrained(name, num_classes=0)
+    else:
+        full = timm.create_model(name, pretrained=False, num_classes=0)
+    state = features.state_dict()
+    result = full.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"feature weights do not fit {spec.arch}: {result.unexpected_keys[:5]}")
+    return full
