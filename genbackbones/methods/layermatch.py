@@ -42,38 +42,52 @@ class TapMatch:
     level_channels: int
     level_size: int
 
+    @property
+    def key(self) -> str:
+        """Unique name of this pairing (a tap may be predicted from two levels)."""
+        return f"{self.tap}@{self.level}".replace(".", "__")
+
 
 def choose_taps(generator: FrozenGenerator, backbone: nn.Module, resolution: int,
                 taps: list[str] | str = "auto", min_reduction: int = 4) -> list[TapMatch]:
     """Match generator taps to backbone feature levels by spatial resolution.
 
-    'auto' takes every block output (`synthesis.b{R}.x`) whose resolution lies
-    within the sizes of the backbone levels of stride >= `min_reduction` (the
-    stride-2 stem is too shallow to predict anything interesting). Each tap is
-    predicted from the level whose size is nearest on a log scale (ties: larger).
+    'auto' pairs every backbone level of stride >= `min_reduction` (the stride-2
+    stem is too shallow to predict anything interesting) with the block output
+    (`synthesis.b{R}.x`) nearest in resolution, and every block output within the
+    levels' sizes with its nearest level; so each level is trained, the deepest
+    included. Explicit names are each predicted from their nearest level.
+    Nearest is on a log scale; ties go to the larger size.
     """
     specs = generator.tap_specs()
     reductions = backbone.feature_info.reduction()
-    levels = [(i, c, s) for i, ((c, s), r) in enumerate(zip(feature_shapes(backbone, resolution), reductions))
-              if r >= min_reduction] or [(i, c, s) for i, (c, s) in enumerate(feature_shapes(backbone, resolution))]
+    shapes = feature_shapes(backbone, resolution)
+    levels = [(i, c, s) for i, ((c, s), r) in enumerate(zip(shapes, reductions)) if r >= min_reduction] \
+        or [(i, c, s) for i, (c, s) in enumerate(shapes)]
+
+    def nearest(options, size, key):
+        return min(options, key=lambda o: (abs(math.log2(key(o) / size)), -key(o)))
+
+    pairs: list[tuple[str, tuple[int, int, int]]] = []
     if taps == "auto":
+        blocks = [n for n, sp in specs.items() if sp.kind == "block"]
         lo, hi = min(s for _, _, s in levels), max(s for _, _, s in levels)
-        names = [n for n, sp in specs.items() if sp.kind == "block" and lo <= sp.resolution <= hi]
-        if not names:
-            raise UserError(
-                f"no generator block has a resolution between the backbone's feature sizes {lo}..{hi} px "
-                f"(generator {resolution} px); list layermatch.taps explicitly or use a backbone with other strides"
-            )
+        for name in blocks:
+            if lo <= specs[name].resolution <= hi:
+                pairs.append((name, nearest(levels, specs[name].resolution, lambda l: l[2])))
+        for level in levels:
+            pairs.append((nearest(blocks, level[2], lambda n: specs[n].resolution), level))
     else:
         unknown = [n for n in taps if n not in specs]
         if unknown:
             raise UserError(f"unknown generator taps {unknown}; `genbackbones generator info` lists them")
-        names = list(taps)
-    matches = []
-    for name in names:
-        sp = specs[name]
-        level, ch, size = min(levels, key=lambda l: (abs(math.log2(l[2] / sp.resolution)), -l[2]))
-        matches.append(TapMatch(name, sp.channels, sp.resolution, level, ch, size))
+        pairs = [(name, nearest(levels, specs[name].resolution, lambda l: l[2])) for name in taps]
+    seen, matches = set(), []
+    for name, (level, ch, size) in sorted(pairs, key=lambda p: (specs[p[0]].resolution, p[1][0])):
+        if (name, level) not in seen:
+            seen.add((name, level))
+            sp = specs[name]
+            matches.append(TapMatch(name, sp.channels, sp.resolution, level, ch, size))
     return matches
 
 
@@ -119,7 +133,7 @@ class RunningStandardizer(nn.Module):
         return x * std + mean
 
 
-def _key(tap: str) -> str:
+def _tap_key(tap: str) -> str:
     return tap.replace(".", "__")
 
 
@@ -132,34 +146,39 @@ class LayerMatchModel(nn.Module):
         self.backbone = backbone
         self.normalize_input = InputNormalizer(*mean_std)
         self.matches = matches
-        self.heads = nn.ModuleDict({_key(m.tap): _make_head(head, m.level_channels, m.channels, head_hidden)
+        self.heads = nn.ModuleDict({m.key: _make_head(head, m.level_channels, m.channels, head_hidden)
                                     for m in matches})
         self.standardize = standardize
-        self.standardizers = nn.ModuleDict({_key(m.tap): RunningStandardizer(m.channels, momentum)
-                                            for m in matches}) if standardize else None
+        taps = {m.tap: m.channels for m in matches}
+        self.standardizers = nn.ModuleDict({_tap_key(t): RunningStandardizer(ch, momentum)
+                                            for t, ch in taps.items()}) if standardize else None
+
+    @property
+    def used_levels(self) -> set[int]:
+        return {m.level for m in self.matches}
 
     def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Predicted activations (in standardised units when standardising), one per tap."""
+        """Predicted activations (in standardised units when standardising), keyed by `TapMatch.key`."""
         feats = self.backbone(self.normalize_input(img))
         out = {}
         for m in self.matches:
             f = feats[m.level]
             if f.shape[-1] != m.resolution:
                 f = F.interpolate(f, size=(m.resolution, m.resolution), mode="bilinear", align_corners=False)
-            out[m.tap] = self.heads[_key(m.tap)](f)
+            out[m.key] = self.heads[m.key](f)
         return out
 
     def to_activation(self, tap: str, pred: torch.Tensor) -> torch.Tensor:
         """A prediction in the generator's own units (what gets substituted)."""
-        return self.standardizers[_key(tap)].denormalize(pred) if self.standardize else pred
+        return self.standardizers[_tap_key(tap)].denormalize(pred) if self.standardize else pred
 
     def to_target(self, tap: str, act: torch.Tensor) -> torch.Tensor:
-        return self.standardizers[_key(tap)].normalize(act) if self.standardize else act
+        return self.standardizers[_tap_key(tap)].normalize(act) if self.standardize else act
 
     def update_statistics(self, taps: dict[str, torch.Tensor]) -> None:
         if self.standardize:
-            for m in self.matches:
-                self.standardizers[_key(m.tap)].update(taps[m.tap])
+            for tap in {m.tap for m in self.matches}:
+                self.standardizers[_tap_key(tap)].update(taps[tap])
 
 
 @dataclass
@@ -181,12 +200,63 @@ def layermatch_loss(model: LayerMatchModel, generator: FrozenGenerator, z: torch
     if update_statistics and core.training:
         core.update_statistics(trace.taps)
     preds = model(trace.img)
-    per_tap = {m.tap: F.mse_loss(preds[m.tap].float(), core.to_target(m.tap, trace.taps[m.tap]))
+    per_tap = {m.key: F.mse_loss(preds[m.key].float(), core.to_target(m.tap, trace.taps[m.tap]))
                for m in core.matches}
     match = torch.stack(list(per_tap.values())).mean()
-    rec_tap = core.matches[rec_tap_index].tap
+    rec_match = core.matches[rec_tap_index]
+    rec_tap = rec_match.tap
     rec = torch.zeros((), device=z.device)
     if rec_weight > 0:
-        substitute = core.to_activation(rec_tap, preds[rec_tap].float())
+        substitute = core.to_activation(rec_tap, preds[rec_match.key].float())
         rec = F.mse_loss(generator.resume(trace, rec_tap, substitute), trace.img)
     return LayerMatchLosses(match + rec_weight * rec, match, rec, per_tap, rec_tap)
+
+
+class LayerMatchTask:
+    """LayerMatch bound to a generator, a model and an optimiser: one phase for the loop."""
+
+    def __init__(self, model: nn.Module, generator: FrozenGenerator, optimizer: torch.optim.Optimizer,
+                 scheduler, cfg, train_cfg, seed: int, device: torch.device):
+        self.model, self.generator, self.optimizer, self.scheduler = model, generator, optimizer, scheduler
+        self.cfg, self.train_cfg, self.seed, self.device = cfg, train_cfg, seed, device
+        self.images_per_step = train_cfg.batch_size * train_cfg.grad_accum
+        self.truncation_psi = 1.0
+        self.noise_mode = "random"
+
+    def _loss(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        core = getattr(self.model, "module", self.model)
+        n = self.train_cfg.batch_size
+        z = self.generator.sample_latents(n, device=self.device)
+        c = self.generator.sample_labels(n, device=self.device)
+        m = int(torch.randint(0, len(core.matches), ()).item())
+        out = layermatch_loss(self.model, self.generator, z, c, m, rec_weight=self.cfg.rec_weight,
+                              truncation_psi=self.truncation_psi, noise_mode=self.noise_mode)
+        return {"loss": out.total, "match": out.match.detach(), "rec": out.rec.detach()}
+
+    def phases(self):
+        from ..training import Phase
+
+        return [Phase("layermatch", self.optimizer, self._loss, [p for p in self.model.parameters()],
+                      self.scheduler, grad_accum=self.train_cfg.grad_accum)]
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def sample_images(self, n: int = 8, seed: int = 12345) -> dict[str, torch.Tensor]:
+        """Generated images and, per matched tap, the reconstruction from the predicted activation."""
+        core = getattr(self.model, "module", self.model)
+        was_training = core.training
+        core.eval()
+        g = torch.Generator().manual_seed(seed)
+        z = self.generator.sample_latents(n, generator=g).to(self.device)
+        c = self.generator.sample_labels(n, generator=g)
+        c = c.to(self.device) if c is not None else None
+        trace = self.generator.trace(z, c, truncation_psi=self.truncation_psi, noise_mode="const")
+        preds = core(trace.img)
+        rows = {"generated": trace.img}
+        for m in core.matches:
+            rows[f"rec {m.tap.removeprefix('synthesis.')} <- level {m.level}"] = self.generator.resume(
+                trace, m.tap, core.to_activation(m.tap, preds[m.key].float()))
+        core.train(was_training)
+        return rows

@@ -1,0 +1,125 @@
+"""The `genbackbones` command line: parse, call the API, render with rich.
+
+User errors (`UserError`) are printed as one line on stderr with exit code 2 and
+no traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn a frozen StyleGAN2 into domain-specific timm backbones.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn UserError into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            fail(str(err))
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/] — resume a run with `genbackbones pretrain --resume RUN`")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def pretrain(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML path or name (default: quickstart)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value, e.g. --set train.steps=100."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run folder from its last checkpoint."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<name>-<time>)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="With --resume: train to this many steps in total."),
+    no_export: bool = typer.Option(False, "--no-export", help="Skip the export at the end."),
+):
+    """Pretrain a backbone (LayerMatch) against a frozen generator; exports a timm folder at the end."""
+    from .pretrain import pretrain as run_pretrain
+    from .recipes import load_recipe
+
+    if resume is not None and (recipe or set_):
+        fail("--resume continues a run with its saved recipe; drop the RECIPE and --set arguments (use --steps to extend)")
+    loaded = None if resume is not None else load_recipe(recipe, set_)
+    if loaded is not None and loaded.generator.source.startswith("random:"):
+        err_console.print(f"[yellow]note:[/] generator.source={loaded.generator.source} is a randomly initialised "
+                          "StyleGAN2 (untrained): the pipeline is real, the features are not useful.")
+    run_dir = run_pretrain(loaded, output=output, resume=resume, console=err_console, export=not no_export,
+                           steps=steps)
+    console.print(f"[green]done[/] run: {run_dir}")
+    if not no_export:
+        console.print(f"timm: timm.create_model('local-dir:{(run_dir / 'export').resolve()}', pretrained=True, "
+                      "features_only=True)")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    run: Path = typer.Argument(..., help="Run folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Export folder (default RUN/export)."),
+):
+    """Export a run's backbone as model.safetensors + config.json + README.md (timm-loadable)."""
+    from .export import export_run
+
+    folder = export_run(run, out)
+    console.print(f"[green]exported[/] {folder}")
+    console.print(f"timm.create_model('local-dir:{folder.resolve()}', pretrained=True)")
+
+
+@app.command("recipes")
+@user_errors
+def recipes_cmd():
+    """List the bundled recipes."""
+    import yaml
+
+    from .recipes import RECIPES_DIR, list_recipes
+
+    table = Table("recipe", "method", "backbone", "generator", "steps", "description")
+    for path in list_recipes():
+        data = yaml.safe_load(path.read_text()) or {}
+        name = str(path.relative_to(RECIPES_DIR).with_suffix(""))
+        table.add_row(name, str(data.get("method", "layermatch")), str(data.get("backbone", {}).get("arch", "")),
+                      str(data.get("generator", {}).get("source", "")), str(data.get("train", {}).get("steps", "")),
+                      str(data.get("description", "")).strip().split("\n")[0][:70])
+    console.print(table)
+
+
+def _mount_subcommands() -> None:
+    """Sub-apps live in their own modules; mount the ones present."""
+    try:
+        from .cli_generator import app as generator_app
+
+        app.add_typer(generator_app, name="generator", help="Convert, inspect and sample generators.")
+    except ImportError:  # pragma: no cover - during development only
+        pass
+
+
+_mount_subcommands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""`pretrain`: recipe -> generator -> method(backbone) -> the loop -> samples -> export.
+
+Everything that can be wrong with the user's input (recipe, generator, backbone,
+resolutions) is checked before the run folder is created, so a bad input leaves
+nothing behind. A run folder holds:
+
+    recipe.yaml        the resolved recipe (what to pass to reproduce it)
+    run.json           status, generator provenance, taps, timings, versions
+    metrics.jsonl      every step's losses and throughput
+    logs/              TensorBoard
+    checkpoints/       accelerate states (resume from the latest)
+    samples.png        generated images and reconstructions through predicted activations
+    export/            the timm-loadable backbone (model.safetensors, config.json, README.md)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from . import atomic
+from .backbones import BackboneSpec, backbone_mean_std, create_backbone, feature_shapes
+from .errors import UserError
+from .export import export_run, versions
+from .generators.sources import GeneratorHandle, open_generator
+from .images import save_grid
+from .methods.layermatch import LayerMatchModel, LayerMatchTask, choose_taps
+from .recipes import Recipe, dump_recipe, load_recipe
+from .training import cosine_schedule, latest_checkpoint, load_checkpoint, make_accelerator, run_loop
+
+
+def backbone_spec(recipe: Recipe) -> BackboneSpec:
+    b = recipe.backbone
+    return BackboneSpec(arch=b.arch, init=b.init, feature_location=b.feature_location,
+                        out_indices=tuple(b.out_indices) if b.out_indices else None, pretrained_tag=b.pretrained_tag)
+
+
+def check_resolution(backbone: torch.nn.Module, spec: BackboneSpec, resolution: int) -> None:
+    """A backbone that cannot take the generator's images is a recipe error, not a crash mid-run."""
+    fixed = (getattr(backbone, "pretrained_cfg", {}) or {}).get("fixed_input_size")
+    size = (getattr(backbone, "pretrained_cfg", {}) or {}).get("input_size", [3, resolution, resolution])[-1]
+    if fixed and size != resolution:
+        raise UserError(f"backbone {spec.arch} needs {size}x{size} inputs but the generator makes "
+                        f"{resolution}x{resolution} images; choose a backbone without a fixed input size")
+    try:
+        with torch.no_grad():
+            backbone.eval()(torch.zeros(1, 3, resolution, resolution))
+    except Exception as err:
+        raise UserError(f"backbone {spec.arch} cannot take the generator's {resolution}x{resolution} images "
+                        f"({str(err).splitlines()[0][:120]}); use a larger generator or another backbone") from None
+    finally:
+        backbone.train()
+    if min(s for _, s in feature_shapes(backbone, resolution)) < 1:
+        raise UserError(f"generator resolution {resolution} is too small for {spec.arch}")
+
+
+def new_run_dir(recipe: Recipe, output: Path | None) -> Path:
+    if output is not None:
+        output = Path(output)
+        if output.exists() and any(output.iterdir()):
+            raise UserError(f"{output} already exists and is not empty; pick another --output or "
+                            f"continue it with --resume {output}")
+        return output
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{recipe.name}-{stamp}"
+
+
+def describe_generator(handle: GeneratorHandle) -> dict:
+    G = handle.G
+    meta = handle.meta
+    trained = meta.get("trained", True)
+    desc = meta.get("description") or (
+        f"randomly initialised StyleGAN2 ({meta.get('source')}, untrained)" if not trained else meta.get("source"))
+    return {"source": meta.get("source"), "sha256": handle.sha256, "license": handle.license, "trained": trained,
+            "description": desc, "resolution": G.img_resolution, "network": meta.get("network")}
+
+
+def pretrain(recipe: Recipe | None = None, output: Path | None = None, resume: Path | None = None,
+             console: Console | None = None, export: bool = True, steps: int | None = None) -> Path:
+    """Run (or resume) a LayerMatch pretraining; returns the run folder."""
+    console = console or Console(stderr=True)
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "recipe.yaml").exists():
+            raise UserError(f"{run_dir} is not a run folder (no recipe.yaml); pass the folder `pretrain` printed")
+        recipe = load_recipe(run_dir / "recipe.yaml", [f"train.steps={steps}"] if steps else [])
+    else:
+        recipe = recipe or load_recipe(None)
+        run_dir = None
+
+    # -- validate everything before anything is written --------------------
+    handle = open_generator(recipe.generator.source, recipe.generator.network, seed=recipe.seed)
+    G = handle.G
+    spec = backbone_spec(recipe)
+    torch.manual_seed(recipe.seed)
+    backbone = create_backbone(spec)
+    check_resolution(backbone, spec, G.img_resolution)
+    matches = choose_taps(G, backbone, G.img_resolution, recipe.layermatch.taps, recipe.layermatch.min_reduction)
+    mean_std = backbone_mean_std(spec, backbone)
+
+    checkpoint = None
+    if run_dir is None:
+        run_dir = new_run_dir(recipe, output)
+    else:
+        checkpoint = latest_checkpoint(run_dir)
+
+    all_levels = {i for i, r in enumerate(backbone.feature_info.reduction()) if r >= recipe.layermatch.min_reduction}
+    unused = bool(all_levels - {m.level for m in matches})
+    accelerator = make_accelerator(recipe.train, run_dir, find_unused_parameters=unused)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    accelerator.wait_for_everyone()
+
+    cfg = recipe.layermatch
+    model = LayerMatchModel(backbone, matches, mean_std, head=cfg.head, head_hidden=cfg.head_hidden,
+                            standardize=cfg.standardize, momentum=cfg.momentum)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, betas=tuple(recipe.train.betas),
+                                  weight_decay=recipe.train.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = cosine_schedule(optimizer, recipe.train, recipe.train.steps)
+    accelerator.register_for_checkpointing(scheduler)
+    G.to(accelerator.device)
+    task = LayerMatchTask(model, G, optimizer, scheduler, cfg, recipe.train, recipe.seed, accelerator.device)
+    task.truncation_psi = recipe.generator.truncation_psi
+    task.noise_mode = recipe.generator.noise_mode
+
+    start = load_checkpoint(accelerator, checkpoint) if checkpoint is not None else 0
+    info = {
+        "status": "running", "method": recipe.method, "generator": describe_generator(handle),
+        "taps": sorted({m.tap for m in matches}), "matches": [f"{m.tap} <- level {m.level}" for m in matches],
+        "resolution": G.img_resolution, "mean_std": [list(mean_std[0]), list(mean_std[1])],
+        "num_processes": accelerator.num_processes, "device": str(accelerator.device),
+        "mixed_precision": recipe.train.mixed_precision, "versions": versions(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed_from_step": start,
+    }
+    _write_run_info(accelerator, run_dir, info)
+    if accelerator.is_main_process:
+        console.print(f"[bold]run[/] {run_dir}  ·  {recipe.method}  ·  {spec.arch} ({spec.init} init)  ·  "
+                      f"generator {info['generator']['description']}")
+        if start:
+            console.print(f"resuming from step {start} ({checkpoint})")
+    t0 = time.perf_counter()
+    result = run_loop(accelerator, task, recipe.train, recipe.seed, run_dir, start_step=start,
+                      description=recipe.method, console=console)
+    seconds = time.perf_counter() - t0
+    if accelerator.is_main_process:
+        save_grid(task.sample_images(), run_dir / "samples.png", scale=2)
+        info.update(status="trained", train_seconds=round(seconds, 1), steps=recipe.train.steps,
+                    compute=f"{accelerator.num_processes} x {accelerator.device.type}, "
+                            f"{seconds / 60:.1f} min for steps {start}-{recipe.train.steps}")
+        _write_run_info(accelerator, run_dir, info)
+        if export:
+            export_run(run_dir)
+            info["status"] = "exported"
+            _write_run_info(accelerator, run_dir, info)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    del result
+    return run_dir
+
+
+def _write_run_info(accelerator, run_dir: Path, info: dict) -> None:
+    if accelerator.is_main_process:
+        atomic.write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
