@@ -72,6 +72,27 @@ def pretrain(
                       "features_only=True)")
 
 
+@app.command("train-generator")
+@user_errors
+def train_generator_cmd(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe with method: stylegan2 (default: generators/faces64)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value, e.g. --set train.steps=100."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run folder from its last checkpoint."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<name>-<time>)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="With --resume: train to this many steps in total."),
+):
+    """Train a small StyleGAN2 on images (the procedural faces, a folder, or a `datasets` dataset)."""
+    from .recipes import load_recipe
+    from .train_generator import GENERATOR_DIR, train_generator
+
+    if resume is not None and (recipe or set_):
+        fail("--resume continues a run with its saved recipe; drop the RECIPE and --set arguments (use --steps to extend)")
+    loaded = None if resume is not None else load_recipe(recipe or "generators/faces64", set_)
+    run_dir = train_generator(loaded, output=output, resume=resume, console=err_console, steps=steps)
+    console.print(f"[green]done[/] run: {run_dir}")
+    console.print(f"generator: {run_dir / GENERATOR_DIR}  (use it with --set generator.source={run_dir / GENERATOR_DIR})")
+
+
 @app.command("export")
 @user_errors
 def export_cmd(

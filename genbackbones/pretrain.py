@@ -125,13 +125,12 @@ def pretrain(recipe: Recipe | None = None, output: Path | None = None, resume: P
                                   weight_decay=recipe.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = cosine_schedule(optimizer, recipe.train, recipe.train.steps)
-    accelerator.register_for_checkpointing(scheduler)
     G.to(accelerator.device)
     task = LayerMatchTask(model, G, optimizer, scheduler, cfg, recipe.train, recipe.seed, accelerator.device)
     task.truncation_psi = recipe.generator.truncation_psi
     task.noise_mode = recipe.generator.noise_mode
 
-    start = load_checkpoint(accelerator, checkpoint) if checkpoint is not None else 0
+    start = load_checkpoint(checkpoint, task.state_objects(), accelerator.device) if checkpoint is not None else 0
     info = {
         "status": "running", "method": recipe.method, "generator": describe_generator(handle),
         "taps": sorted({m.tap for m in matches}), "matches": [f"{m.tap} <- level {m.level}" for m in matches],

@@ -55,6 +55,34 @@ class LayerMatchCfg:
 
 
 @dataclass
+class DataCfg:
+    """Real (unlabelled) images, for the methods that train on them (StyleGAN2 trainer, GH-Feat)."""
+
+    source: str = "faces"  # faces (bundled procedural domain) | image folder | datasets path or Hub id
+    count: int = 0  # how many images (faces: the first N of the split; 0 = 50,000 / all)
+    split: str = "train"
+    column: str = "image"  # image column of a `datasets` dataset
+    resolution: int | None = None  # default: the generator's resolution
+
+
+@dataclass
+class GanCfg:
+    """StyleGAN2 training (non-saturating logistic loss, lazy R1, optional path length, EMA)."""
+
+    preset: str = "small64"  # architecture (see generators.sources.RANDOM_PRESETS) ...
+    init_kwargs: dict | None = None  # ... or explicit Generator init kwargs (NVIDIA names)
+    r1_gamma: float = 0.05
+    r1_every: int = 16
+    pl_weight: float = 0.0  # 2.0 in NVIDIA's configs; off by default (expensive on CPU)
+    pl_every: int = 4
+    style_mixing_prob: float = 0.9
+    ema_kimg: float | None = None  # EMA half-life in thousands of images (None = batch * 10 / 32)
+    ema_rampup: float | None = 0.05
+    mbstd_group: int = 4
+    sample_every: int = 500  # write a sample grid every N steps (0 = only at the end)
+
+
+@dataclass
 class TrainCfg:
     steps: int = 300
     batch_size: int = 16  # per process, per micro-batch
@@ -76,11 +104,13 @@ class TrainCfg:
 class Recipe:
     name: str = "quickstart"
     description: str = ""
-    method: Literal["layermatch"] = "layermatch"
+    method: Literal["layermatch", "stylegan2"] = "layermatch"
     seed: int = 0
     generator: GeneratorCfg = field(default_factory=GeneratorCfg)
     backbone: BackboneCfg = field(default_factory=BackboneCfg)
     layermatch: LayerMatchCfg = field(default_factory=LayerMatchCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    gan: GanCfg = field(default_factory=GanCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     license: str | None = None  # licence of the exported weights (defaults to the generator's)
 
@@ -191,7 +221,7 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
             pass
     if tp in (int, str, bool, float) and (type(value) is tp):
         return value
-    if tp is Any:
+    if tp is Any or (tp is dict and isinstance(value, dict)):
         return value
     raise UserError(f"{source}: '{key}' must be {getattr(tp, '__name__', tp)}, got {value!r}")
 

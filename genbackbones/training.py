@@ -8,8 +8,9 @@ loop owns everything else, identically for all of them:
 * determinism: the RNGs are re-seeded from (seed, step, process) at every step and
   data positions are a function of the step, so a run killed and resumed from a
   checkpoint ends bit-identical (on CPU) to one that never stopped;
-* checkpoints every N steps via `accelerator.save_state`, written to a temporary
-  folder and renamed (a kill mid-save never leaves a broken checkpoint);
+* checkpoints every N steps (safetensors + weights-only state dicts, no pickle),
+  written to a temporary folder and renamed (a kill mid-save never leaves a
+  broken checkpoint);
 * TensorBoard logs, a `metrics.jsonl` with every step's losses, a rich progress
   bar with loss and img/s;
 * one code path for one CPU, `accelerate launch`/`torchrun` multi-process, GPUs
@@ -29,12 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import safetensors.torch
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import atomic
+from .errors import UserError
 from .recipes import TrainCfg
 
 CHECKPOINTS = "checkpoints"
@@ -52,12 +55,17 @@ class Phase:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     every: int = 1
     grad_accum: int = 1
+    sync_grads: bool = False  # all-reduce gradients here (modules not wrapped in DDP)
 
 
 class Task(Protocol):
     """A method bound to its models, ready for the loop."""
 
     images_per_step: int
+
+    def state_objects(self) -> dict[str, object]:
+        """Everything a checkpoint must hold (modules, optimisers, schedulers, other state dicts)."""
+        ...
 
     def phases(self) -> list[Phase]: ...
 
@@ -115,28 +123,53 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int) -> Path:
-    """accelerate's full state (models, optimisers, registered objects) + our step, atomically."""
+def _unwrap(obj):
+    return getattr(obj, "module", obj)
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int,
+                    objects: dict[str, object]) -> Path:
+    """Every stateful object of the task, atomically, in formats that load without pickle.
+
+    Modules go to `<name>.safetensors`; optimisers, schedulers and other state dicts
+    to `<name>.pt` (read back with `torch.load(weights_only=True)`, which runs no
+    code). RNG state is not saved: the loop re-seeds from the step.
+    """
     final = Path(run_dir) / CHECKPOINTS / f"step-{step:07d}"
-    tmp = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic.write_text(tmp / "trainer_state.json", json.dumps({"step": step}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic.directory(final, overwrite=True) as tmp:
+            for name, obj in objects.items():
+                obj = _unwrap(obj)
+                if isinstance(obj, torch.nn.Module):
+                    state = {k: v.detach().cpu().contiguous().clone() for k, v in obj.state_dict().items()}
+                    safetensors.torch.save_file(state, str(tmp / f"{name}.safetensors"))
+                else:
+                    torch.save(obj.state_dict(), tmp / f"{name}.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "objects": list(objects)}))
         for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> int:
-    accelerator.load_state(str(checkpoint))
+def load_checkpoint(checkpoint: Path, objects: dict[str, object], device: torch.device | str = "cpu") -> int:
+    """Restore `objects` from a checkpoint folder; returns the step it was saved at."""
+    checkpoint = Path(checkpoint)
+    for name, obj in objects.items():
+        obj = _unwrap(obj)
+        try:
+            if isinstance(obj, torch.nn.Module):
+                obj.load_state_dict(safetensors.torch.load_file(str(checkpoint / f"{name}.safetensors"),
+                                                                device=str(device)))
+            else:
+                obj.load_state_dict(torch.load(checkpoint / f"{name}.pt", map_location=device, weights_only=True))
+        except FileNotFoundError:
+            raise UserError(f"checkpoint {checkpoint} has no state for {name!r}; it was written by another "
+                            "method or version — start a new run") from None
+        except (RuntimeError, OSError, ValueError) as err:
+            raise UserError(f"checkpoint {checkpoint} cannot be restored ({name}: {str(err).splitlines()[0][:150]}); "
+                            "delete that step folder to fall back to the previous one") from None
     return json.loads((checkpoint / "trainer_state.json").read_text())["step"]
 
 
@@ -175,7 +208,8 @@ def run_loop(accelerator: Accelerator, task: Task, cfg: TrainCfg, seed: int, run
             task.after_step(step)
             logs = {k: float(v) for k, v in logs.items()}
             dt = time.perf_counter() - t_step
-            window = (window + [(logs.get("loss", math.nan), dt)])[-20:]
+            headline = logs.get("loss", next(iter(logs.values()), math.nan))
+            window = (window + [(headline, dt)])[-20:]
             img_s = task.images_per_step * accelerator.num_processes / max(1e-9, sum(d for _, d in window) / len(window))
             record = {"step": step + 1, **logs, "img_per_s": img_s}
             history.append(record)
@@ -186,8 +220,12 @@ def run_loop(accelerator: Accelerator, task: Task, cfg: TrainCfg, seed: int, run
                 accelerator.log({**logs, "img_per_s": img_s}, step=step + 1)
             mean_loss = sum(l for l, _ in window) / len(window)
             bar.update(bar_task, advance=1, status=f"loss {mean_loss:.4g}  {img_s:.0f} img/s")
+            if not console.is_terminal and accelerator.is_main_process and (step + 1) % cfg.log_every == 0:
+                shown = "  ".join(f"{k} {v:.4g}" for k, v in list(logs.items())[:6])
+                console.print(f"{description} step {step + 1}/{cfg.steps}  {shown}  {img_s:.0f} img/s",
+                              highlight=False)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(accelerator, run_dir, step + 1, cfg.keep_checkpoints)
+                save_checkpoint(accelerator, run_dir, step + 1, cfg.keep_checkpoints, task.state_objects())
                 if kill_after and int(kill_after) == step + 1:
                     os.kill(os.getpid(), signal.SIGKILL)
     return LoopResult(cfg.steps - start_step, time.perf_counter() - t0, history)
@@ -203,6 +241,8 @@ def _train_step(accelerator: Accelerator, phases: list[Phase], step: int, cfg: T
             with accelerator.autocast():
                 out = phase.loss(step, micro)
             accelerator.backward(out["loss"] / phase.grad_accum)
+        if phase.sync_grads and accelerator.num_processes > 1:
+            _all_reduce_gradients(accelerator, phase.parameters)
         if cfg.max_grad_norm:
             accelerator.clip_grad_norm_(phase.parameters, cfg.max_grad_norm)
         phase.optimizer.step()
@@ -211,6 +251,13 @@ def _train_step(accelerator: Accelerator, phases: list[Phase], step: int, cfg: T
         prefix = "" if len(phases) == 1 else f"{phase.name}/"
         logs.update({f"{prefix}{k}": v.detach() for k, v in out.items()})
     return logs
+
+
+def _all_reduce_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Average gradients over processes, for modules used outside a DDP wrapper."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
 
 
 def _truncate_metrics(path: Path, start_step: int, is_main: bool) -> None:

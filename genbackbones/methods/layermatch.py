@@ -242,6 +242,9 @@ class LayerMatchTask:
     def after_step(self, step: int) -> None:
         pass
 
+    def state_objects(self) -> dict[str, object]:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+
     @torch.no_grad()
     def sample_images(self, n: int = 8, seed: int = 12345) -> dict[str, torch.Tensor]:
         """Generated images and, per matched tap, the reconstruction from the predicted activation."""

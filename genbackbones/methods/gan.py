@@ -1,0 +1,158 @@
+"""StyleGAN2 training losses (Karras et al. 2020, as in stylegan2-ada-pytorch, without ADA).
+
+Non-saturating logistic loss for G and D, lazy R1 on reals every `r1_every`
+steps, optional lazy path-length regularisation every `pl_every` steps, style
+mixing, and an exponential moving average of G (the network one samples from).
+Phases only; the loop is training.py's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.images import ImageSource, epoch_indices
+from ..generators.stylegan2 import Discriminator, Generator
+
+
+def lazy_adam(params, lr: float, betas: list[float], every: int) -> torch.optim.Adam:
+    """Adam with lr/betas rescaled for a regulariser applied every `every` steps (NVIDIA's mb_ratio)."""
+    ratio = every / (every + 1) if every else 1.0
+    return torch.optim.Adam(params, lr=lr * ratio, betas=tuple(b**ratio for b in betas), eps=1e-8)
+
+
+class StyleGAN2Task:
+    """G, D and G_ema with their phases: Gmain, Greg (pl), Dmain, Dreg (R1)."""
+
+    def __init__(self, G: Generator, D: Discriminator, G_ema: Generator, opt_G, opt_D, data: ImageSource, cfg,
+                 train_cfg, seed: int, accelerator):
+        self.G, self.D, self.G_ema = G, D, G_ema
+        self.opt_G, self.opt_D = opt_G, opt_D
+        self.data, self.cfg, self.train_cfg, self.seed = data, cfg, train_cfg, seed
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        self.batch = train_cfg.batch_size
+        self.images_per_step = self.batch
+        self.stats = torch.nn.Module()  # a module so that it checkpoints as safetensors
+        self.stats.register_buffer("pl_mean", torch.zeros([], device=self.device))
+        self.num_ws, self.z_dim = G.num_ws, G.z_dim
+
+    # -- sampling --------------------------------------------------------------
+
+    def _reals(self, step: int) -> torch.Tensor:
+        idx = epoch_indices(len(self.data), step, self.batch, self.accelerator.process_index,
+                            self.accelerator.num_processes, self.seed)
+        return self.data.batch(idx).to(self.device)
+
+    def _ws(self, n: int) -> torch.Tensor:
+        """Mapped latents with style mixing (a random crossover layer with probability p)."""
+        mapping = self.G.mapping
+        z = torch.randn(n, self.z_dim, device=self.device)
+        ws = mapping(z, None)
+        if self.cfg.style_mixing_prob > 0 and torch.rand(()) < self.cfg.style_mixing_prob:
+            cutoff = int(torch.randint(1, self.num_ws, ()).item())
+            ws2 = mapping(torch.randn_like(z), None, skip_w_avg_update=True)
+            ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+        return ws
+
+    def _fake(self, n: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(grad):
+            ws = self._ws(n)
+            return self.G.synthesis(ws, noise_mode="random"), ws
+
+    # -- phases ---------------------------------------------------------------
+
+    def _g_main(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        img, _ = self._fake(self.batch, grad=True)
+        self.D.requires_grad_(False)  # D's weight gradients are not needed here
+        try:
+            logits = self.D(img, None)
+        finally:
+            self.D.requires_grad_(True)
+        loss = F.softplus(-logits).mean()
+        return {"loss": loss, "G": loss.detach(), "fake_score": logits.detach().mean()}
+
+    def _g_pl(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        n = max(1, self.batch // 2)
+        img, ws = self._fake(n, grad=True)
+        noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+        (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+        lengths = grads.square().sum(2).mean(1).sqrt()
+        self.stats.pl_mean.copy_(self.stats.pl_mean.lerp(lengths.mean().detach(), 0.01))
+        penalty = (lengths - self.stats.pl_mean).square().mean()
+        return {"loss": penalty * self.cfg.pl_weight * self.cfg.pl_every, "pl": penalty.detach()}
+
+    def _d_main(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        fake, _ = self._fake(self.batch, grad=False)
+        real = self._reals(step)
+        fake_logits = self.D(fake.detach(), None)
+        real_logits = self.D(real, None)
+        loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+        return {"loss": loss, "D": loss.detach(), "real_score": real_logits.detach().mean()}
+
+    def _d_r1(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        real = self._reals(step).detach().requires_grad_(True)
+        logits = self.D(real, None)
+        (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        penalty = grads.square().sum([1, 2, 3]).mean()
+        return {"loss": penalty * (self.cfg.r1_gamma / 2) * self.cfg.r1_every, "r1": penalty.detach()}
+
+    def phases(self):
+        from ..training import Phase
+
+        g_params = [p for p in self.G.parameters() if p.requires_grad]
+        d_params = [p for p in self.D.parameters() if p.requires_grad]
+        sync = dict(sync_grads=True)  # G and D are used unwrapped (G's ws are needed), so sync here
+        phases = [Phase("G", self.opt_G, self._g_main, g_params, **sync)]
+        if self.cfg.pl_weight > 0:
+            phases.append(Phase("Gpl", self.opt_G, self._g_pl, g_params, every=self.cfg.pl_every, **sync))
+        phases.append(Phase("D", self.opt_D, self._d_main, d_params, **sync))
+        if self.cfg.r1_gamma > 0:
+            phases.append(Phase("Dr1", self.opt_D, self._d_r1, d_params, every=self.cfg.r1_every, **sync))
+        return phases
+
+    def state_objects(self) -> dict[str, object]:
+        return {"G": self.G, "D": self.D, "G_ema": self.G_ema, "opt_G": self.opt_G, "opt_D": self.opt_D,
+                "stats": self.stats}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """EMA of G with NVIDIA's half-life in images and ramp-up; buffers copied."""
+        seen = (step + 1) * self.batch * self.accelerator.num_processes
+        ema_nimg = self.cfg.ema_kimg * 1000
+        if self.cfg.ema_rampup:
+            ema_nimg = min(ema_nimg, seen * self.cfg.ema_rampup)
+        beta = 0.5 ** (self.batch * self.accelerator.num_processes / max(ema_nimg, 1e-8))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    @torch.no_grad()
+    def sample_images(self, n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+        z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        return {"G_ema": self.G_ema(z, None, noise_mode="const"),
+                "real": self.data.batch(list(range(min(n, len(self.data))))).to(self.device)}
+
+
+def make_pair(init_kwargs: dict, seed: int, mbstd_group: int) -> tuple[Generator, Discriminator, Generator]:
+    """A fresh G, D (same channel settings as G) and G_ema = copy of G."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        G = Generator(**init_kwargs)
+        syn = init_kwargs.get("synthesis_kwargs", {})
+        D = Discriminator(c_dim=init_kwargs["c_dim"], img_resolution=init_kwargs["img_resolution"],
+                          img_channels=init_kwargs["img_channels"],
+                          channel_base=syn.get("channel_base", 32768), channel_max=syn.get("channel_max", 512),
+                          epilogue_kwargs={"mbstd_group_size": mbstd_group})
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    return G, D, G_ema
+
+
+def default_ema_kimg(batch: int) -> float:
+    """NVIDIA's auto config: half-life of batch * 10 / 32 kimg."""
+    return float(np.round(batch * 10 / 32, 4))
