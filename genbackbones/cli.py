@@ -126,13 +126,18 @@ def recipes_cmd():
 
 
 def _mount_subcommands() -> None:
-    """Sub-apps live in their own modules; mount the ones present."""
-    try:
-        from .cli_generator import app as generator_app
+    """Commands that live in their own modules: each module's `register(app)` adds its commands."""
+    from .cli_generator import app as generator_app
 
-        app.add_typer(generator_app, name="generator", help="Convert, inspect and sample generators.")
-    except ImportError:  # pragma: no cover - during development only
-        pass
+    app.add_typer(generator_app, name="generator", help="Convert, inspect and sample generators.")
+    for module in ("genbackbones.evaluate.cli", "genbackbones.hub_cli"):
+        try:
+            register = __import__(module, fromlist=["register"]).register
+        except ModuleNotFoundError as err:  # a command group not built yet
+            if err.name != module:
+                raise
+            continue
+        register(app)
 
 
 _mount_subcommands()
