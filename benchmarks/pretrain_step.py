@@ -66,6 +66,8 @@ def main() -> None:
         model, optimizer = accelerator.prepare(model, optimizer)
         scheduler = cosine_schedule(optimizer, recipe.train, 10**6)
         task = LayerMatchTask(model, G, optimizer, scheduler, cfg, recipe.train, recipe.seed, accelerator.device)
+        task.noise_mode = recipe.generator.noise_mode
+        task.fused_modconv = fused = recipe.generator.fused_modconv
         phases = task.phases()
         n = recipe.train.batch_size
         step_counter = iter(range(10**9))
@@ -77,12 +79,12 @@ def main() -> None:
 
         z = G.sample_latents(n, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            trace = G.trace(z, noise_mode=recipe.generator.noise_mode)
+            trace = G.trace(z, noise_mode=recipe.generator.noise_mode, fused_modconv=fused)
         core = model
 
         def generator_forward():
             with torch.no_grad():
-                G.trace(z, noise_mode=recipe.generator.noise_mode)
+                G.trace(z, noise_mode=recipe.generator.noise_mode, fused_modconv=fused)
 
         def backbone_fwd_bwd():
             preds = core(trace.img)
@@ -107,6 +109,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch_threads": torch.get_num_threads(),
         "recipe": recipe.name, "backbone": spec.arch, "generator": handle.meta.get("source"),
+        "fused_modconv": fused,
         "resolution": G.img_resolution, "batch": n, "matches": len(core.matches),
         "step_s": round(step_t, 4), "generator_forward_s": round(gen_t, 4),
         "backbone_fwd_bwd_s": round(bb_t, 4), "reconstruction_s": round(rec_t, 4),

@@ -129,6 +129,7 @@ def pretrain(recipe: Recipe | None = None, output: Path | None = None, resume: P
     task = LayerMatchTask(model, G, optimizer, scheduler, cfg, recipe.train, recipe.seed, accelerator.device)
     task.truncation_psi = recipe.generator.truncation_psi
     task.noise_mode = recipe.generator.noise_mode
+    task.fused_modconv = recipe.generator.fused_modconv
 
     start = load_checkpoint(checkpoint, task.state_objects(), accelerator.device) if checkpoint is not None else 0
     info = {

@@ -32,6 +32,7 @@ class GeneratorCfg:
     network: str = "G_ema"  # for NVIDIA pickles: G_ema | G
     truncation_psi: float = 1.0
     noise_mode: Literal["random", "const", "none"] = "random"
+    fused_modconv: bool = False  # grouped-conv modulation (NVIDIA's eval default); unfused is faster on CPU
 
 
 @dataclass

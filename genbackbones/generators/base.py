@@ -35,7 +35,8 @@ class FrozenGenerator(Protocol):
         ...
 
     def trace(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
-              truncation_cutoff: int | None = None, noise_mode: str = "const") -> SynthesisTrace: ...
+              truncation_cutoff: int | None = None, noise_mode: str = "const",
+              fused_modconv: bool | None = None) -> SynthesisTrace: ...
 
     def resume(self, trace: SynthesisTrace, tap: str, value: torch.Tensor) -> torch.Tensor:
         """The image when `value` replaces activation `tap` of `trace` (same styles, same noise)."""

@@ -192,10 +192,12 @@ class LayerMatchLosses:
 
 def layermatch_loss(model: LayerMatchModel, generator: FrozenGenerator, z: torch.Tensor, c: torch.Tensor | None,
                     rec_tap_index: int, rec_weight: float = 1.0, truncation_psi: float = 1.0,
-                    noise_mode: str = "random", update_statistics: bool = True) -> LayerMatchLosses:
+                    noise_mode: str = "random", update_statistics: bool = True,
+                    fused_modconv: bool = False) -> LayerMatchLosses:
     """One LayerMatch loss evaluation for latents z (the generator pass is not differentiated)."""
     with torch.no_grad():
-        trace = generator.trace(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)
+        trace = generator.trace(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                                fused_modconv=fused_modconv)
     core = getattr(model, "module", model)  # unwrap DDP
     if update_statistics and core.training:
         core.update_statistics(trace.taps)
@@ -222,6 +224,7 @@ class LayerMatchTask:
         self.images_per_step = train_cfg.batch_size * train_cfg.grad_accum
         self.truncation_psi = 1.0
         self.noise_mode = "random"
+        self.fused_modconv = False
 
     def _loss(self, step: int, micro: int) -> dict[str, torch.Tensor]:
         core = getattr(self.model, "module", self.model)
@@ -230,7 +233,8 @@ class LayerMatchTask:
         c = self.generator.sample_labels(n, device=self.device)
         m = int(torch.randint(0, len(core.matches), ()).item())
         out = layermatch_loss(self.model, self.generator, z, c, m, rec_weight=self.cfg.rec_weight,
-                              truncation_psi=self.truncation_psi, noise_mode=self.noise_mode)
+                              truncation_psi=self.truncation_psi, noise_mode=self.noise_mode,
+                              fused_modconv=self.fused_modconv)
         return {"loss": out.total, "match": out.match.detach(), "rec": out.rec.detach()}
 
     def phases(self):
