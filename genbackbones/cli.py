@@ -6,44 +6,17 @@ no traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .errors import UserError
+from .cli_utils import console, err_console, fail, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a frozen StyleGAN2 into domain-specific timm backbones.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def user_errors(fn):
-    """Turn UserError into a one-line message and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            fail(str(err))
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/] — resume a run with `genbackbones pretrain --resume RUN`")
-            raise typer.Exit(130)
-
-    return wrapper
-
-
 @app.command()
 @user_errors
 def pretrain(

@@ -11,7 +11,6 @@ there, and a grid is reproducible image by image (image i uses seed + i).
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import math
@@ -19,38 +18,19 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from . import atomic
+from .cli_utils import console, user_errors
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Convert, inspect and sample StyleGAN2 generators.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _user_errors(fn):
-    """Turn UserError into `error: <message>` (one red line on stderr) and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            err_console.print(Text(f"error: {err}", style="red"), soft_wrap=True, highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 # ----------------------------------------------------------------------------- convert
 
 
 @app.command()
-@_user_errors
+@user_errors
 def convert(
     src: str = typer.Argument(..., help="NVIDIA .pkl, rosinality .pt, a generator folder, or hf-hub:org/name."),
     dst: Path = typer.Argument(..., help="Folder to write (generator.json + safetensors)."),
@@ -77,7 +57,7 @@ def convert(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def info(
     path: str = typer.Argument(..., help="Generator folder, checkpoint file, or hf-hub:org/name."),
     network: Optional[str] = typer.Option(None, "--network", help="For checkpoints: G_ema (default) or G."),
@@ -144,7 +124,7 @@ def _count_params(module) -> int:
 
 
 @app.command()
-@_user_errors
+@user_errors
 def sample(
     path: str = typer.Argument(..., help="Generator folder, checkpoint file, or hf-hub:org/name."),
     n: int = typer.Option(16, "--n", min=1, help="Number of images."),

@@ -15,7 +15,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from . import atomic
