@@ -15,7 +15,6 @@ nothing behind. A run folder holds:
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +29,10 @@ from .export import export_run, versions
 from .generators.sources import GeneratorHandle, open_generator
 from .images import save_grid
 from .methods.layermatch import LayerMatchModel, LayerMatchTask, choose_taps
-from .recipes import Recipe, dump_recipe, load_recipe
+from .recipes import Recipe, dump_recipe
+from .runs import new_run_dir, reopen_or_new, write_run_info
+
+_write_run_info = write_run_info  # older name, kept for modules written against it
 from .training import cosine_schedule, latest_checkpoint, load_checkpoint, make_accelerator, run_loop
 
 
@@ -59,17 +61,6 @@ def check_resolution(backbone: torch.nn.Module, spec: BackboneSpec, resolution: 
         raise UserError(f"generator resolution {resolution} is too small for {spec.arch}")
 
 
-def new_run_dir(recipe: Recipe, output: Path | None) -> Path:
-    if output is not None:
-        output = Path(output)
-        if output.exists() and any(output.iterdir()):
-            raise UserError(f"{output} already exists and is not empty; pick another --output or "
-                            f"continue it with --resume {output}")
-        return output
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{recipe.name}-{stamp}"
-
-
 def describe_generator(handle: GeneratorHandle) -> dict:
     G = handle.G
     meta = handle.meta
@@ -84,14 +75,7 @@ def pretrain(recipe: Recipe | None = None, output: Path | None = None, resume: P
              console: Console | None = None, export: bool = True, steps: int | None = None) -> Path:
     """Run (or resume) a LayerMatch pretraining; returns the run folder."""
     console = console or Console(stderr=True)
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "recipe.yaml").exists():
-            raise UserError(f"{run_dir} is not a run folder (no recipe.yaml); pass the folder `pretrain` printed")
-        recipe = load_recipe(run_dir / "recipe.yaml", [f"train.steps={steps}"] if steps else [])
-    else:
-        recipe = recipe or load_recipe(None)
-        run_dir = None
+    recipe, run_dir = reopen_or_new(recipe, resume, steps, None, "pretrain")
 
     # -- validate everything before anything is written --------------------
     handle = open_generator(recipe.generator.source, recipe.generator.network, seed=recipe.seed)
@@ -139,7 +123,7 @@ def pretrain(recipe: Recipe | None = None, output: Path | None = None, resume: P
         "mixed_precision": recipe.train.mixed_precision, "versions": versions(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed_from_step": start,
     }
-    _write_run_info(accelerator, run_dir, info)
+    write_run_info(accelerator, run_dir, info)
     if accelerator.is_main_process:
         console.print(f"[bold]run[/] {run_dir}  ·  {recipe.method}  ·  {spec.arch} ({spec.init} init)  ·  "
                       f"generator {info['generator']['description']}")
@@ -154,17 +138,12 @@ def pretrain(recipe: Recipe | None = None, output: Path | None = None, resume: P
         info.update(status="trained", train_seconds=round(seconds, 1), steps=recipe.train.steps,
                     compute=f"{accelerator.num_processes} x {accelerator.device.type}, "
                             f"{seconds / 60:.1f} min for steps {start}-{recipe.train.steps}")
-        _write_run_info(accelerator, run_dir, info)
+        write_run_info(accelerator, run_dir, info)
         if export:
             export_run(run_dir)
             info["status"] = "exported"
-            _write_run_info(accelerator, run_dir, info)
+            write_run_info(accelerator, run_dir, info)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     del result
     return run_dir
-
-
-def _write_run_info(accelerator, run_dir: Path, info: dict) -> None:
-    if accelerator.is_main_process:
-        atomic.write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")

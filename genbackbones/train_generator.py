@@ -25,8 +25,8 @@ from .generators.checkpoints import Provenance, save_generator
 from .generators.sources import RANDOM_PRESETS
 from .images import save_grid
 from .methods.gan import StyleGAN2Task, default_ema_kimg, lazy_adam, make_pair
-from .pretrain import _write_run_info, new_run_dir
-from .recipes import Recipe, dump_recipe, load_recipe
+from .recipes import Recipe, dump_recipe
+from .runs import new_run_dir, reopen_or_new, write_run_info
 from .training import latest_checkpoint, load_checkpoint, make_accelerator, run_loop
 
 GENERATOR_DIR = "generator"
@@ -58,14 +58,7 @@ def train_generator(recipe: Recipe | None = None, output: Path | None = None, re
                     console: Console | None = None, steps: int | None = None) -> Path:
     """Train (or resume) a StyleGAN2; returns the run folder (the generator is in `<run>/generator`)."""
     console = console or Console(stderr=True)
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "recipe.yaml").exists():
-            raise UserError(f"{run_dir} is not a run folder (no recipe.yaml); pass the folder `train-generator` printed")
-        recipe = load_recipe(run_dir / "recipe.yaml", [f"train.steps={steps}"] if steps else [])
-    else:
-        recipe = recipe or load_recipe("generators/faces64")
-        run_dir = None
+    recipe, run_dir = reopen_or_new(recipe, resume, steps, "generators/faces64", "train-generator")
     if recipe.method != "stylegan2":
         raise UserError(f"train-generator needs a recipe with method: stylegan2, got {recipe.method!r}")
 
@@ -108,7 +101,7 @@ def train_generator(recipe: Recipe | None = None, output: Path | None = None, re
             "num_images": len(data), "resolution": resolution, "num_processes": accelerator.num_processes,
             "device": str(accelerator.device), "versions": versions(), "resumed_from_step": start,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    _write_run_info(accelerator, run_dir, info)
+    write_run_info(accelerator, run_dir, info)
     if accelerator.is_main_process:
         console.print(f"[bold]run[/] {run_dir}  ·  StyleGAN2 {resolution}px  ·  {len(data)} images from "
                       f"{recipe.data.source}  ·  batch {recipe.train.batch_size} x {accelerator.num_processes}")
@@ -125,7 +118,7 @@ def train_generator(recipe: Recipe | None = None, output: Path | None = None, re
         save_generator(run_dir / GENERATOR_DIR, G_ema.cpu(), D.cpu(), provenance, overwrite=True)
         info.update(status="trained", train_seconds=round(time.perf_counter() - t0, 1), steps=recipe.train.steps,
                     kimg=round(recipe.train.steps * recipe.train.batch_size * accelerator.num_processes / 1000, 1))
-        _write_run_info(accelerator, run_dir, info)
+        write_run_info(accelerator, run_dir, info)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
