@@ -13,7 +13,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_recipe", "pretrain", "export_run", "open_generator", "load_generator"]
+from .zoo import register_zoo as _register_zoo
+
+_register_zoo()  # zoo entries become timm pretrained tags once timm is imported (imports neither timm nor torch)
+
+__all__ = ["__version__", "load_recipe", "pretrain", "export_run", "open_generator", "load_generator", "push", "pull"]
 
 
 def __getattr__(name: str):
@@ -38,4 +42,8 @@ def __getattr__(name: str):
         from .generators.checkpoints import load_generator
 
         return load_generator
+    if name in ("push", "pull"):
+        from . import hub
+
+        return getattr(hub, name)
     raise AttributeError(f"module 'genbackbones' has no attribute {name!r}")

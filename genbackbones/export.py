@@ -24,6 +24,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from . import __version__, atomic
 from .backbones import BackboneSpec, create_backbone, full_model_for_export, is_hrnet
 from .errors import UserError
+from .timm_cfg import pretrained_cfg_for
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "hub_cards"
 METHOD_NAMES = {"layermatch": "LayerMatch", "ghfeat": "GH-Feat"}
@@ -51,28 +52,6 @@ def backbone_state_from_checkpoint(checkpoint: Path, prefix: str = "backbone.") 
     except Exception as err:
         raise UserError(f"{path} is unreadable ({err}); the checkpoint is truncated — resume or re-run") from None
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def pretrained_cfg_for(arch: str, input_size: int, mean, std, license: str, tag: str) -> dict:
-    """The truth about these weights; only structural fields come from timm's default cfg."""
-    default = timm.models.get_pretrained_cfg(arch.split(".")[0])
-    default = default.to_dict() if default is not None else {}
-    return {
-        "tag": tag,
-        "custom_load": False,
-        "input_size": [3, input_size, input_size],
-        "fixed_input_size": bool(default.get("fixed_input_size", False)),
-        "interpolation": "bilinear",
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-        "mean": list(mean),
-        "std": list(std),
-        "num_classes": 0,
-        "pool_size": None,
-        "first_conv": default.get("first_conv", ""),
-        "classifier": default.get("classifier", ""),
-        "license": license,
-    }
 
 
 def export_backbone(features: torch.nn.Module, spec: BackboneSpec, out: Path, *, input_size: int, mean, std,
@@ -132,7 +111,8 @@ def card_data(cfg: dict, card: dict) -> ModelCardData:
         license=license.lower() if known else "other",
         tags=["genbackbones", prov["method"], "image-feature-extraction", "timm"] + card.get("tags", []),
         eval_results=card.get("eval_results") or None,
-        model_name=card.get("model_name"),
+        model_name=card.get("model_name") or (f"{cfg['architecture']}.{prov['method']}" if card.get("eval_results")
+                                              else None),
     )
     if not known:
         data["license_name"] = license.lower().replace(" ", "-")[:60] or "unknown"
