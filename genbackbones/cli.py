@@ -27,7 +27,7 @@ def pretrain(
     steps: Optional[int] = typer.Option(None, "--steps", help="With --resume: train to this many steps in total."),
     no_export: bool = typer.Option(False, "--no-export", help="Skip the export at the end."),
 ):
-    """Pretrain a backbone (LayerMatch) against a frozen generator; exports a timm folder at the end."""
+    """Pretrain a backbone against a frozen generator (LayerMatch or GH-Feat, per the recipe); exports a timm folder."""
     from .pretrain import pretrain as run_pretrain
     from .recipes import load_recipe
 
@@ -103,7 +103,7 @@ def _mount_subcommands() -> None:
     from .cli_generator import app as generator_app
 
     app.add_typer(generator_app, name="generator", help="Convert, inspect and sample generators.")
-    for module in ("genbackbones.evaluate.cli", "genbackbones.hub_cli"):
+    for module in ("genbackbones.evaluate.cli", "genbackbones.hub_cli", "genbackbones.ghfeat_cli"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as err:  # a command group not built yet

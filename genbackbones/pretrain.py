@@ -73,9 +73,16 @@ def describe_generator(handle: GeneratorHandle) -> dict:
 
 def pretrain(recipe: Recipe | None = None, output: Path | None = None, resume: Path | None = None,
              console: Console | None = None, export: bool = True, steps: int | None = None) -> Path:
-    """Run (or resume) a LayerMatch pretraining; returns the run folder."""
+    """Run (or resume) a pretraining (LayerMatch, or GH-Feat for `method: ghfeat`); returns the run folder."""
     console = console or Console(stderr=True)
     recipe, run_dir = reopen_or_new(recipe, resume, steps, None, "pretrain")
+    if recipe.method == "ghfeat":
+        from .ghfeat import pretrain_ghfeat
+
+        return pretrain_ghfeat(recipe, output=output, resume=resume, console=console, export=export, steps=steps)
+    if recipe.method != "layermatch":
+        raise UserError(f"pretrain runs layermatch or ghfeat recipes, got method {recipe.method!r} "
+                        "(StyleGAN2 recipes go to `genbackbones train-generator`)")
 
     # -- validate everything before anything is written --------------------
     handle = open_generator(recipe.generator.source, recipe.generator.network, seed=recipe.seed)

@@ -84,6 +84,31 @@ class GanCfg:
 
 
 @dataclass
+class GHFeatCfg:
+    """GH-Feat (paper 001): an encoder to the generator's per-layer styles, trained on real images.
+
+    Loss weights in the paper's notation: L_E = MSE + adv_weight (lambda1) * adversarial + perceptual_weight
+    (lambda2) * VGG16 conv4_3 distance; D: logistic loss + R1. `r1_gamma` follows NVIDIA's convention (penalty
+    times gamma/2), so gamma = 10 (official code) is the paper's lambda3 = 5. The learning rate (train.lr,
+    Adam with train.betas) is multiplied by `lr_decay` every `lr_decay_every` steps; train.schedule and
+    train.warmup_steps are not used by this method.
+    """
+
+    perceptual: Literal["vgg16", "none"] = "vgg16"  # 'none' must be explicit: no silent random VGG
+    perceptual_weight: float = 5.0e-5  # lambda2 (paper and official code)
+    adv_weight: float = 0.1  # lambda1 (paper 0.1; official code 0.08)
+    r1_gamma: float = 10.0  # R1 gamma (= 2 * paper lambda3; official 10)
+    r1_every: int = 16  # lazy R1: every N steps, scaled by N (0 = off)
+    lr_decay: float = 0.8
+    lr_decay_every: int = 0  # 0 = train.steps // 4 (official code)
+    fpn_channels: int = 512  # width of the FPN / Spatial Alignment maps (paper 512)
+    pool_size: int = 4  # each level is pooled to pool_size x pool_size before its FC (paper 4)
+    noise_mode: Literal["const", "random", "none"] = "const"  # generator noise while reconstructing
+    style_samples: int = 2048  # mapped latents for the per-layer style mean / std the encoder is centred on
+    mbstd_group: int = 4  # minibatch-stddev group of a fresh discriminator (generator without D)
+
+
+@dataclass
 class TrainCfg:
     steps: int = 300
     batch_size: int = 16  # per process, per micro-batch
@@ -105,13 +130,14 @@ class TrainCfg:
 class Recipe:
     name: str = "quickstart"
     description: str = ""
-    method: Literal["layermatch", "stylegan2"] = "layermatch"
+    method: Literal["layermatch", "stylegan2", "ghfeat"] = "layermatch"
     seed: int = 0
     generator: GeneratorCfg = field(default_factory=GeneratorCfg)
     backbone: BackboneCfg = field(default_factory=BackboneCfg)
     layermatch: LayerMatchCfg = field(default_factory=LayerMatchCfg)
     data: DataCfg = field(default_factory=DataCfg)
     gan: GanCfg = field(default_factory=GanCfg)
+    ghfeat: GHFeatCfg = field(default_factory=GHFeatCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     license: str | None = None  # licence of the exported weights (defaults to the generator's)
 
