@@ -1,4 +1,4 @@
-"""`python -m genbackbones ...` (also what `accelerate launch -m genbackbones` runs)."""
+"""`python -m genbackbones ...` (also what `accelerate launch -m genbackbones` and `torchrun` run)."""
 
 from .cli import main
 

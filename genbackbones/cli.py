@@ -6,6 +6,7 @@ no traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -117,6 +118,9 @@ _mount_subcommands()
 
 
 def main() -> None:
+    # On a shared CPU, OpenMP threads that spin while waiting can slow a step ten-fold; wait passively
+    # unless the user chose otherwise (must be set before torch is imported).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
 
 

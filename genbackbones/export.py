@@ -210,6 +210,7 @@ def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None)
     evaluation = _load_evaluation(run_dir)
     card.setdefault("eval_results", evaluation.get("eval_results"))
     card.setdefault("eval_rows", evaluation.get("rows", []))
+    card.setdefault("model_name", evaluation.get("model_name") or run_dir.name)
     return export_backbone(features, spec, out or run_dir / "export", input_size=run_info.get("resolution", 64),
                            mean=mean_std[0], std=mean_std[1], license=license, provenance=provenance, card=card,
                            extra_files={"recipe.yaml": dump_recipe(recipe)})

@@ -1,0 +1,228 @@
+"""What an evaluation leaves behind: results.json, summary.csv, a plot, a table and model-index entries.
+
+- `results.json`: every number (per backbone, label count and seed), the settings, the
+  seeds, the data description and split, the labelled subsets, backbone provenance,
+  unavailable baselines and why, timings and versions. Everything else is derived
+  from it (`write_outputs` can be re-run on a loaded results dict).
+- `summary.csv`: mean and sample std over seeds per backbone x metric x label count.
+- `<task>.png`: metric vs number of labels (log x axis), one line per backbone with a
+  +-1 std band.
+- `model_index.json`: the format `genbackbones export` reads into the model card:
+  {"model_name", "eval_results": [huggingface_hub.EvalResult kwargs], "rows": [...]}, for
+  the first backbone (the one the card is about), with the baselines in the rows.
+
+The output folder is written atomically: it appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .. import atomic
+from .metrics import mean_std
+
+TASK_TYPES = {"segmentation": "image-segmentation", "landmarks": "keypoint-detection",
+              "classification": "image-classification"}
+SHORT = {"miou": "mIoU", "pixel_accuracy": "pixel accuracy", "nme_heatmap": "NME (heatmap)",
+         "nme_ridge": "NME (frozen + ridge)", "top1": "top-1", "balanced_accuracy": "balanced accuracy"}
+
+
+def summarise(results: dict) -> list[dict]:
+    """Mean and sample std over seeds for every backbone x metric x label count."""
+    rows = []
+    for backbone in results["backbones"]:
+        for spec in results["metrics"]:
+            for n in results["labels"]:
+                values = [r["metrics"][spec["key"]] for r in results["runs"]
+                          if r["backbone"] == backbone["name"] and r["labels"] == n
+                          and r["metrics"].get(spec["key"]) is not None]
+                mean, std = mean_std(values)
+                rows.append({"backbone": backbone["name"], "metric": spec["key"], "labels": n, "mean": mean,
+                             "std": std, "seeds": len(values), "values": values})
+    return rows
+
+
+def write_outputs(results: dict, out: Path) -> Path:
+    """The whole output folder, atomically (an existing empty folder is replaced)."""
+    out = Path(out)
+    results = {**results, "summary": summarise(results)}
+    with atomic.directory(out, overwrite=out.exists()) as tmp:
+        (tmp / "results.json").write_text(to_json(results))
+        (tmp / "summary.csv").write_text(summary_csv(results))
+        (tmp / "model_index.json").write_text(json.dumps(model_index(results), indent=2) + "\n")
+        plot(results, tmp / f"{results['task']}.png")
+    return out
+
+
+def to_json(data) -> str:
+    """Strict JSON: NaN and infinities become null."""
+    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def summary_csv(results: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["task", "backbone", "metric", "labels", "mean", "std", "seeds", "values"])
+    for r in results["summary"]:
+        writer.writerow([results["task"], r["backbone"], r["metric"], r["labels"], _fmt(r["mean"], 4),
+                         _fmt(r["std"], 4), r["seeds"], " ".join(_fmt(v, 4) for v in r["values"])])
+    for u in results["unavailable"]:
+        writer.writerow([results["task"], u["name"], "", "", "", "", 0, u["reason"]])
+    return buf.getvalue()
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _cell(row: dict) -> str:
+    if not row["seeds"]:
+        return "-"
+    return f"{row['mean']:.1f} ± {row['std']:.1f}" if row["seeds"] > 1 else f"{row['mean']:.1f}"
+
+
+def print_table(results: dict, console: Console) -> None:
+    """One rich table per headline metric: backbones x label counts, mean ± std over seeds; best in bold."""
+    summary = results.get("summary") or summarise(results)
+    for spec in results["metrics"]:
+        arrow = "higher is better" if spec["higher_is_better"] else "lower is better"
+        table = Table(title=f"{results['task']}: {spec['label']}, {arrow}",
+                      caption=f"mean ± std over {len(results['seeds'])} seed(s) · {results['data']['summary']}")
+        table.add_column("backbone")
+        for n in results["labels"]:
+            table.add_column(f"{n} labels", justify="right")
+        best = {n: _best([r for r in summary if r["metric"] == spec["key"] and r["labels"] == n], spec)
+                for n in results["labels"]}
+        for backbone in results["backbones"]:
+            cells = []
+            for n in results["labels"]:
+                row = next(r for r in summary if r["backbone"] == backbone["name"] and r["metric"] == spec["key"]
+                           and r["labels"] == n)
+                text = _cell(row)
+                cells.append(f"[bold]{text}[/]" if best[n] == backbone["name"] else text)
+            table.add_row(backbone["name"], *cells)
+        for u in results["unavailable"]:
+            table.add_row(u["name"], *(["not available"] * len(results["labels"])))
+        console.print(table)
+    for u in results["unavailable"]:
+        console.print(f"[yellow]{u['name']}:[/] {u['reason']}", highlight=False, soft_wrap=True)
+
+
+def _best(rows: list[dict], spec: dict) -> str | None:
+    rows = [r for r in rows if r["seeds"] and not math.isnan(r["mean"])]
+    if len(rows) < 2:
+        return None
+    pick = max if spec["higher_is_better"] else min
+    return pick(rows, key=lambda r: r["mean"])["backbone"]
+
+
+def plot(results: dict, path: Path) -> None:
+    """Metric vs number of labels (log x), one line per backbone with a ±1 std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = results.get("summary") or summarise(results)
+    specs = results["metrics"]
+    fig, axes = plt.subplots(1, len(specs), figsize=(5.2 * len(specs), 4.2), squeeze=False)
+    for ax, spec in zip(axes[0], specs):
+        for backbone in results["backbones"]:
+            rows = sorted((r for r in summary if r["backbone"] == backbone["name"] and r["metric"] == spec["key"]
+                           and r["seeds"]), key=lambda r: r["labels"])
+            if not rows:
+                continue
+            x = [r["labels"] for r in rows]
+            mean = [r["mean"] for r in rows]
+            std = [r["std"] for r in rows]
+            line, = ax.plot(x, mean, marker="o", label=backbone["name"])
+            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xticks(results["labels"], [str(n) for n in results["labels"]])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled training images")
+        ax.set_ylabel(spec["label"] + ("" if spec["higher_is_better"] else "  (lower is better)"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    title = f"{results['task']} · {results['data']['summary']} · mean ± std over {len(results['seeds'])} seed(s)"
+    if results["unavailable"]:
+        title += "\n" + "; ".join(f"{u['name']}: not available" for u in results["unavailable"])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def model_index(results: dict) -> dict:
+    """EvalResult kwargs for the first backbone, plus card rows comparing it with the baselines."""
+    summary = results.get("summary") or summarise(results)
+    subject = results["backbones"][0]["name"]
+    data = results["data"]
+    eval_results, rows = [], []
+    for spec in results["metrics"]:
+        for n in results["labels"]:
+            mine = _row(summary, subject, spec["key"], n)
+            if not mine or not mine["seeds"] or math.isnan(mine["mean"]):
+                continue
+            eval_results.append({
+                "task_type": TASK_TYPES[results["task"]],
+                "task_name": f"{results['task']} ({results['protocol']})",
+                "dataset_type": data["name"], "dataset_name": data["summary"], "dataset_split": "test",
+                "metric_type": spec["model_index_type"],
+                "metric_name": f"{SHORT[spec['key']]} @ {n} labels",
+                "metric_value": round(mine["mean"], 2),
+            })
+            others = [f"{b['name']} {_cell(_row(summary, b['name'], spec['key'], n))}"
+                      for b in results["backbones"][1:]]
+            others += [f"{u['name']}: not available" for u in results["unavailable"]]
+            value = f"{_cell(mine)} ({mine['seeds']} seeds" + ("; " + "; ".join(others) if others else "") + ")"
+            rows.append({"task": f"{results['task']} ({results['protocol']})", "dataset": data["name"],
+                         "metric": spec["label"], "labels": n, "value": value})
+    return {"model_name": subject, "eval_results": eval_results, "rows": rows}
+
+
+def _row(summary: list[dict], backbone: str, metric: str, n: int) -> dict | None:
+    return next((r for r in summary if r["backbone"] == backbone and r["metric"] == metric and r["labels"] == n),
+                None)
+
+
+def merge_into_run(run_dir: Path, index: dict) -> Path:
+    """Add entries to RUN/evaluation/model_index.json, replacing earlier ones for the same task/metric/labels."""
+    path = Path(run_dir) / "evaluation" / "model_index.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    new_keys = {_result_key(r) for r in index["eval_results"]}
+    new_rows = {_row_key(r) for r in index["rows"]}
+    merged = {
+        "model_name": index.get("model_name") or old.get("model_name"),
+        "eval_results": [r for r in old.get("eval_results", []) if _result_key(r) not in new_keys]
+        + index["eval_results"],
+        "rows": [r for r in old.get("rows", []) if _row_key(r) not in new_rows] + index["rows"],
+    }
+    atomic.write_text(path, json.dumps(merged, indent=2) + "\n")
+    return path
+
+
+def _result_key(r: dict) -> tuple:
+    return r.get("task_type"), r.get("task_name"), r.get("dataset_type"), r.get("metric_type"), r.get("metric_name")
+
+
+def _row_key(r: dict) -> tuple:
+    return r.get("task"), r.get("dataset"), r.get("metric"), str(r.get("labels"))

@@ -1,0 +1,158 @@
+"""`genbackbones evaluate` end to end at a tiny size, the other protocols through the API, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import EvalResult
+from typer.testing import CliRunner
+
+from genbackbones.cli import app
+from genbackbones.evaluate import run_evaluation
+from genbackbones.evaluate.report import merge_into_run, model_index, summarise, write_outputs
+
+from .test_evaluate_backbones import make_tiny_run, offline_env, write_standin_cache
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return make_tiny_run(tmp_path_factory.getbasetemp())  # shared with test_evaluate_backbones in one session
+
+
+TINY = ["--set", "min_steps=2", "--set", "max_steps=2", "--set", "data.pool=12", "--set", "data.test_size=6",
+        "--set", "eval_batch_size=8"]
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """The files of a run that evaluation reads (not its checkpoints), so --run can write into the copy."""
+    dest.mkdir()
+    for name in ("recipe.yaml", "run.json"):
+        shutil.copy(run / name, dest / name)
+    shutil.copytree(run / "export", dest / "export")
+    return dest
+
+
+def test_cli_segmentation_end_to_end_with_the_imagenet_standin(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    write_standin_cache(tmp_path / "hf")
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "genbackbones", "evaluate", str(run), "--task", "segmentation", "--labels", "4",
+           "--seeds", "1", "--out", str(out), "--run", str(run), "--baselines", "imagenet,random", *TINY]
+    done = subprocess.run(cmd, env=offline_env(tmp_path / "hf"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == {"results.json", "summary.csv", "segmentation.png", "model_index.json"}
+    results = json.loads((out / "results.json").read_text())
+    assert [b["kind"] for b in results["backbones"]] == ["run", "imagenet", "random"]
+    assert results["unavailable"] == [] and results["labels"] == [4] and results["seeds"] == [0]
+    assert len(results["runs"]) == 3
+    for r in results["runs"]:
+        assert 0 <= r["metrics"]["miou"] <= 100 and 0 <= r["metrics"]["pixel_accuracy"] <= 100
+        assert set(r["metrics"]["iou"]) == set(results["data"]["classes"]) and r["steps"] == 2
+    assert results["settings"]["min_steps"] == 2 and results["data"]["options"]["pool"] == 12
+    assert len(results["subsets"]["4"]["0"]) == 4
+    assert not set(results["subsets"]["4"]["0"]) & {f"faces/{i:07d}" for i in range(1_000_000, 1_000_006)}
+    assert "mIoU" in done.stdout and "imagenet (resnet18.a1_in1k)" in done.stdout  # the table
+    # the card's model index, in the run and in the output folder, in the format `export` reads
+    index = json.loads((run / "evaluation" / "model_index.json").read_text())
+    assert index == json.loads((out / "model_index.json").read_text())
+    assert index["model_name"] == "run"
+    results_kw = [EvalResult(**r) for r in index["eval_results"]]
+    assert {r.metric_name for r in results_kw} == {"mIoU @ 4 labels", "pixel accuracy @ 4 labels"}
+    assert all(r.task_type == "image-segmentation" and r.dataset_type == "genbackbones/faces" for r in results_kw)
+    assert "random init" in index["rows"][0]["value"] and "imagenet" in index["rows"][0]["value"]
+
+
+def test_cli_reports_missing_imagenet_weights(tiny_run, tmp_path):
+    (tmp_path / "empty-hf").mkdir()
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "genbackbones", "evaluate", str(tiny_run), "--task", "classification", "--labels",
+           "4,all", "--seeds", "2", "--out", str(out), "--baselines", "imagenet", *TINY]
+    done = subprocess.run(cmd, env=offline_env(tmp_path / "empty-hf"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [b["kind"] for b in results["backbones"]] == ["run"]  # nothing evaluated under the name imagenet
+    assert results["unavailable"][0]["name"] == "imagenet"
+    assert results["unavailable"][0]["reason"].startswith("weights not available")
+    assert results["labels"] == [4, 12] and len(results["runs"]) == 4
+    assert "not available" in done.stdout
+    assert "not available" in (out / "summary.csv").read_text()
+
+
+@pytest.fixture
+def one_thread():
+    """In-process training with one thread: on a shared CPU, spinning OpenMP threads are ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_landmarks_and_finetuned_classification_through_the_api(tiny_run, tmp_path, one_thread):
+    tiny = ["min_steps=2", "max_steps=2", "data.pool=10", "data.test_size=6", "eval_batch_size=8"]
+    lm = run_evaluation([str(tiny_run)], "landmarks", labels="4", seeds=1, baselines=[], overrides=tiny,
+                        device="cpu")
+    assert [m["key"] for m in lm["metrics"]] == ["nme_heatmap", "nme_ridge"]
+    assert lm["runs"][0]["metrics"]["nme_heatmap"] > 0 and lm["runs"][0]["metrics"]["nme_ridge"] > 0
+    assert lm["data"]["landmarks"][:2] == ["left_eye", "right_eye"] and lm["data"]["flip_mirror"] == [1, 0, 2, 4, 3]
+    cls = run_evaluation([str(tiny_run)], "classification", labels="4", seeds=1, baselines=[], overrides=tiny,
+                         protocol="finetune", device="cpu")
+    assert cls["settings"]["protocol"] == "finetune" and cls["data"]["target"] == "hair_colour"
+    assert 0 <= cls["runs"][0]["metrics"]["top1"] <= 100
+    # reports render for any task; merging into a run replaces entries for the same metric and label count
+    write_outputs(lm, tmp_path / "lm-out")
+    assert (tmp_path / "lm-out" / "landmarks.png").stat().st_size > 1000
+    assert {r["metric"] for r in summarise(lm)} == {"nme_heatmap", "nme_ridge"}
+    merge_into_run(tmp_path / "r", model_index(cls))
+    merge_into_run(tmp_path / "r", model_index(lm))
+    merged = json.loads(merge_into_run(tmp_path / "r", model_index(lm)).read_text())
+    assert len(merged["eval_results"]) == 4  # 2 classification + 2 landmark metrics, the repeat replaced
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--labels", "4,abc"], "--labels: 'abc' is not a positive number"),
+    (["--task", "depth"], "unknown task 'depth'"),
+    (["--set", "learning_rate=1"], "unknown segmentation setting"),
+    (["--linear"], "--linear/--finetune apply to --task classification only"),
+    (["--labels", "5000"], "more than the 2000 images"),
+    (["--data", "{bad_folder}"], "no images"),
+    (["--data", "./no-such-folder-xyz"], "folder does not exist"),
+    (["--target", "eye_colour", "--task", "classification"], "no attribute 'eye_colour'"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_run, tmp_path, args, message):
+    (tmp_path / "bad").mkdir()
+    args = [a.replace("{bad_folder}", str(tmp_path / "bad")) for a in args]
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", str(tiny_run), "--out", str(out), "--baselines", "random", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_bad_backbone_from_the_command_line_exits_2(tmp_path):
+    out = tmp_path / "eval"
+    done = subprocess.run([sys.executable, "-m", "genbackbones", "evaluate", str(tmp_path / "missing-run"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_existing_output_and_foreign_run_are_refused(tiny_run, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    result = runner.invoke(app, ["evaluate", str(tiny_run), "--out", str(tmp_path / "full")])
+    assert result.exit_code == 2 and "already exists and is not empty" in result.stderr
+    other = copy_run(tiny_run, tmp_path / "other")
+    result = runner.invoke(app, ["evaluate", str(tiny_run), "--run", str(other), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and "must also be one of the BACKBONE arguments" in result.stderr
+    assert not (tmp_path / "o2").exists()
