@@ -33,7 +33,7 @@ from . import atomic
 from .backbones import BackboneSpec, backbone_mean_std, create_backbone
 from .data.images import IMAGE_SUFFIXES, ImageSource, load_folder, open_images, to_square_rgb
 from .errors import UserError
-from .export import export_run, versions
+from .export import versions
 from .generators.sources import GeneratorHandle, open_generator
 from .generators.stylegan2 import Discriminator, Generator
 from .images import save_grid
@@ -42,7 +42,7 @@ from .methods.ghfeat import GROUPS, GHFeatEncoder, GHFeatTask, StyleStats, style
 from .perceptual import VGG_NAME, VGGConv4_3
 from .pretrain import backbone_spec, check_resolution, describe_generator
 from .recipes import Recipe, dump_recipe, load_recipe
-from .runs import new_run_dir, reopen_or_new, write_run_info
+from .runs import finish_pretraining, new_run_dir, reopen_or_new, write_run_info
 from .training import latest_checkpoint, load_checkpoint, make_accelerator, run_loop
 
 SAMPLE_COUNT = 8
@@ -225,20 +225,9 @@ def pretrain_ghfeat(recipe: Recipe | None = None, output: Path | None = None, re
     t0 = time.perf_counter()
     run_loop(accelerator, task, recipe.train, recipe.seed, run_dir, start_step=start, description="ghfeat",
              console=console)
-    seconds = time.perf_counter() - t0
-    if accelerator.is_main_process:
-        held_out = _held_out(recipe, inputs.data, inputs.handle.G.img_resolution)
-        save_grid(task.sample_images(held_out), run_dir / "samples.png", scale=2)
-        info.update(status="trained", train_seconds=round(seconds, 1), steps=recipe.train.steps,
-                    compute=f"{accelerator.num_processes} x {accelerator.device.type}, "
-                            f"{seconds / 60:.1f} min for steps {start}-{recipe.train.steps}")
-        write_run_info(accelerator, run_dir, info)
-        if export:
-            export_run(run_dir)
-            info["status"] = "exported"
-            write_run_info(accelerator, run_dir, info)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish_pretraining(accelerator, run_dir, info, time.perf_counter() - t0, start, recipe.train.steps,
+                       lambda: task.sample_images(_held_out(recipe, inputs.data, inputs.handle.G.img_resolution)),
+                       export)
     return run_dir
 
 

@@ -25,12 +25,11 @@ from rich.console import Console
 from . import atomic
 from .backbones import BackboneSpec, backbone_mean_std, create_backbone, feature_shapes
 from .errors import UserError
-from .export import export_run, versions
+from .export import versions
 from .generators.sources import GeneratorHandle, open_generator
-from .images import save_grid
 from .methods.layermatch import LayerMatchModel, LayerMatchTask, choose_taps
 from .recipes import Recipe, dump_recipe
-from .runs import new_run_dir, reopen_or_new, write_run_info
+from .runs import finish_pretraining, new_run_dir, reopen_or_new, write_run_info
 
 _write_run_info = write_run_info  # older name, kept for modules written against it
 from .training import cosine_schedule, latest_checkpoint, load_checkpoint, make_accelerator, run_loop
@@ -137,20 +136,8 @@ def pretrain(recipe: Recipe | None = None, output: Path | None = None, resume: P
         if start:
             console.print(f"resuming from step {start} ({checkpoint})")
     t0 = time.perf_counter()
-    result = run_loop(accelerator, task, recipe.train, recipe.seed, run_dir, start_step=start,
-                      description=recipe.method, console=console)
-    seconds = time.perf_counter() - t0
-    if accelerator.is_main_process:
-        save_grid(task.sample_images(), run_dir / "samples.png", scale=2)
-        info.update(status="trained", train_seconds=round(seconds, 1), steps=recipe.train.steps,
-                    compute=f"{accelerator.num_processes} x {accelerator.device.type}, "
-                            f"{seconds / 60:.1f} min for steps {start}-{recipe.train.steps}")
-        write_run_info(accelerator, run_dir, info)
-        if export:
-            export_run(run_dir)
-            info["status"] = "exported"
-            write_run_info(accelerator, run_dir, info)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    del result
+    run_loop(accelerator, task, recipe.train, recipe.seed, run_dir, start_step=start, description=recipe.method,
+             console=console)
+    finish_pretraining(accelerator, run_dir, info, time.perf_counter() - t0, start, recipe.train.steps,
+                       task.sample_images, export)
     return run_dir

@@ -42,3 +42,26 @@ def new_run_dir(recipe: Recipe, output: Path | None) -> Path:
 def write_run_info(accelerator, run_dir: Path, info: dict) -> None:
     if accelerator.is_main_process:
         atomic.write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+
+
+def finish_pretraining(accelerator, run_dir: Path, info: dict, seconds: float, start: int, steps: int,
+                       samples, export: bool) -> None:
+    """After the loop of a backbone pretraining: sample grid, run.json, export, then release the processes.
+
+    `samples` is a callable returning the grid rows (called on the main process only).
+    """
+    from .export import export_run
+    from .images import save_grid
+
+    if accelerator.is_main_process:
+        save_grid(samples(), run_dir / "samples.png", scale=2)
+        info.update(status="trained", train_seconds=round(seconds, 1), steps=steps,
+                    compute=f"{accelerator.num_processes} x {accelerator.device.type}, "
+                            f"{seconds / 60:.1f} min for steps {start}-{steps}")
+        write_run_info(accelerator, run_dir, info)
+        if export:
+            export_run(run_dir)
+            info["status"] = "exported"
+            write_run_info(accelerator, run_dir, info)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
