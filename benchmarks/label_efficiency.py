@@ -38,7 +38,7 @@ from rich.console import Console  # noqa: E402
 
 from genbackbones.errors import UserError  # noqa: E402
 from genbackbones.evaluate import run_evaluation  # noqa: E402
-from genbackbones.evaluate.report import print_table, summarise, write_outputs  # noqa: E402
+from genbackbones.evaluate.report import markdown_tables, print_table, summarise, write_outputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("segmentation", "landmarks", "classification")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(results, out / task)
             devices.add(results["timing"]["device"])
             print_table({**results, "summary": summarise(results)}, console)
-            sections.append(markdown_section({**results, "summary": summarise(results)}))
+            sections.append(markdown_tables({**results, "summary": summarise(results)}))
     except UserError as error:
         err.print(f"[red]error:[/] {error}", highlight=False)
         return 2
@@ -85,30 +85,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tiny", action="store_true", help="a few steps: proves the benchmark runs")
     return parser.parse_args(argv)
-
-
-def markdown_section(results: dict) -> str:
-    """One markdown table per metric: backbones x label counts, mean ± std over seeds."""
-    lines = [f"## {results['task']} ({results['protocol']})", ""]
-    for spec in results["metrics"]:
-        arrow = "higher is better" if spec["higher_is_better"] else "lower is better"
-        lines += [f"**{spec['label']}** ({arrow})", "",
-                  "| backbone | " + " | ".join(f"{n} labels" for n in results["labels"]) + " |",
-                  "|---|" + "---|" * len(results["labels"])]
-        for b in results["backbones"]:
-            cells = []
-            for n in results["labels"]:
-                row = next(r for r in results["summary"] if r["backbone"] == b["name"] and r["metric"] == spec["key"]
-                           and r["labels"] == n)
-                cells.append(f"{row['mean']:.1f} ± {row['std']:.1f}")
-            lines.append(f"| {b['name']} | " + " | ".join(cells) + " |")
-        for u in results["unavailable"]:
-            lines.append(f"| {u['name']} | " + " | ".join("not available" for _ in results["labels"]) + " |")
-        lines.append("")
-    for u in results["unavailable"]:
-        lines.append(f"- {u['name']}: {u['reason']}")
-    lines += ["", f"![{results['task']}]({results['task']}/{results['task']}.png)", ""]
-    return "\n".join(lines)
 
 
 def readme(args, sections: list[str], minutes: float, labels: str, seeds: int, device: str) -> str:

@@ -80,6 +80,7 @@ class GanCfg:
     ema_kimg: float | None = None  # EMA half-life in thousands of images (None = batch * 10 / 32)
     ema_rampup: float | None = 0.05
     mbstd_group: int = 4
+    mirror: bool = False  # x-flip half the real images (NVIDIA's --mirror=1): doubles a small dataset of faces
     sample_every: int = 500  # write a sample grid every N steps (0 = only at the end)
 
 

@@ -170,6 +170,33 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
+def markdown_tables(results: dict, plot_dir: str | None = None) -> str:
+    """One markdown table per metric (backbones x label counts, mean ± std over seeds), for benchmark READMEs.
+
+    `results` must carry its summary (`summarise`); the plot is linked from `<plot_dir>/<task>.png`.
+    """
+    lines = [f"## {results['task']} ({results['protocol']})", ""]
+    for spec in results["metrics"]:
+        arrow = "higher is better" if spec["higher_is_better"] else "lower is better"
+        lines += [f"**{spec['label']}** ({arrow})", "",
+                  "| backbone | " + " | ".join(f"{n} labels" for n in results["labels"]) + " |",
+                  "|---|" + "---|" * len(results["labels"])]
+        for b in results["backbones"]:
+            cells = []
+            for n in results["labels"]:
+                row = next(r for r in results["summary"] if r["backbone"] == b["name"] and r["metric"] == spec["key"]
+                           and r["labels"] == n)
+                cells.append(f"{row['mean']:.1f} ± {row['std']:.1f}")
+            lines.append(f"| {b['name']} | " + " | ".join(cells) + " |")
+        for u in results["unavailable"]:
+            lines.append(f"| {u['name']} | " + " | ".join("not available" for _ in results["labels"]) + " |")
+        lines.append("")
+    for u in results["unavailable"]:
+        lines.append(f"- {u['name']}: {u['reason']}")
+    folder = plot_dir or results["task"]
+    lines += ["", f"![{results['task']}]({folder}/{results['task']}.png)", ""]
+    return "\n".join(lines)
+
 
 def model_index(results: dict) -> dict:
     """EvalResult kwargs for the first backbone, plus card rows comparing it with the baselines."""

@@ -44,9 +44,13 @@ class StyleGAN2Task:
     # -- sampling --------------------------------------------------------------
 
     def _reals(self, step: int) -> torch.Tensor:
-        idx = epoch_indices(len(self.data), step, self.batch, self.accelerator.process_index,
-                            self.accelerator.num_processes, self.seed)
-        return self.data.batch(idx).to(self.device)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        idx = epoch_indices(len(self.data), step, self.batch, rank, world, self.seed)
+        reals = self.data.batch(idx)
+        if self.cfg.mirror:  # which images flip is a function of (seed, step, rank): resume stays bit-identical
+            flip = np.random.default_rng([self.seed, step, rank, 7]).random(len(idx)) < 0.5
+            reals[flip] = reals[flip].flip(-1)
+        return reals.to(self.device)
 
     def _ws(self, n: int) -> torch.Tensor:
         """Mapped latents with style mixing (a random crossover layer with probability p)."""

@@ -1,0 +1,223 @@
+"""Real faces (UTKFace): backbones pretrained against a UTKFace generator vs random init and ImageNet.
+
+Two steps, both from the repository root:
+
+    # 1. a fixed-seed split of ../shared/data/utkface into the generator's training images and a
+    #    held-out test set (symlinks + labels.csv; nothing is copied, nothing is committed)
+    python benchmarks/real_faces.py prepare
+    # 2. after training the generator and the backbones (benchmarks/README.md lists the commands):
+    python benchmarks/real_faces.py evaluate runs/lm-hrnet-utkface runs/lm-resnet18-utkface runs/gh-resnet18-utkface
+
+`prepare` writes benchmarks/work/utkface64/:
+
+    gan/                 every training-split image (what `recipes/generators/utkface64.yaml` trains on)
+    eval/train/          a fixed-seed subset of the training split + labels.csv: the labelled pool
+    eval/test/           a fixed-seed subset of the test split + labels.csv: never seen by the generator
+    split.json           file counts, the seed and the age bins
+
+`evaluate` runs attribute classification (gender; age group) with the linear-probe and the
+fine-tune protocol at several label counts and 3 seeds, every backbone and baseline through the
+identical protocol (`genbackbones.evaluate`), and writes one folder per target x protocol plus a
+README.md with every table under benchmarks/results/real_faces/.
+
+UTKFace is for non-commercial research only: nothing derived from it ships in the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see genbackbones/evaluate/cli.py
+
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from genbackbones import atomic  # noqa: E402
+from genbackbones.errors import UserError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+UTKFACE = REPO.parent / "shared" / "data" / "utkface" / "images"
+WORK = REPO / "benchmarks" / "work" / "utkface64"
+RESULTS = REPO / "benchmarks" / "results" / "real_faces"
+NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>[01])_")
+GENDERS = ("male", "female")  # UTKFace: 0 male, 1 female
+AGE_BINS = ((0, 14), (15, 29), (30, 44), (45, 59), (60, 200))
+TARGETS = ("gender", "age_group")
+PROTOCOLS = ("linear", "finetune")
+
+
+def age_group(age: int) -> str:
+    """The age bin of `age`, named like "15-29" (the last bin is "60+")."""
+    for low, high in AGE_BINS:
+        if low <= age <= high:
+            return f"{low}+" if high >= 200 else f"{low}-{high}"
+    raise ValueError(f"age {age} outside every bin")
+
+
+def parse_name(name: str) -> dict | None:
+    """UTKFace file name `[age]_[gender]_[race]_[date].jpg.chip.jpg` -> labels (None if it does not parse)."""
+    m = NAME.match(name)
+    if not m:
+        return None
+    age = int(m["age"])
+    return {"age": age, "gender": GENDERS[int(m["gender"])], "age_group": age_group(age)}
+
+
+def split_files(names: list[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A fixed-seed split of sorted file names into (train, test); disjoint by construction."""
+    names = sorted(names)
+    perm = np.random.default_rng(seed).permutation(len(names))
+    n_test = round(len(names) * test_fraction)
+    test = sorted(names[i] for i in perm[:n_test])
+    train = sorted(names[i] for i in perm[n_test:])
+    return train, test
+
+
+def prepare(source: Path, out: Path, test_fraction: float, seed: int, pool: int, test_size: int,
+            console: Console) -> dict:
+    """Write the symlink folders and labels; returns what split.json records."""
+    if not source.is_dir():
+        raise UserError(f"{source} does not exist; point --utkface at the folder of UTKFace images")
+    files = sorted(p.name for p in source.iterdir() if p.is_file() and p.name.lower().endswith(".jpg"))
+    labels = {n: parse_name(n) for n in files}
+    unparsed = [n for n, lab in labels.items() if lab is None]
+    names = [n for n, lab in labels.items() if lab is not None]
+    if len(names) < 20:
+        raise UserError(f"{source}: found {len(names)} images named like UTKFace (age_gender_race_date.jpg); "
+                        "need at least 20")
+    train, test = split_files(names, test_fraction, seed)
+    rng = np.random.default_rng(seed + 1)
+    eval_train = sorted(rng.choice(train, size=min(pool, len(train)), replace=False).tolist())
+    eval_test = sorted(rng.choice(test, size=min(test_size, len(test)), replace=False).tolist())
+    assert not set(train) & set(test) and not set(eval_train) & set(test)
+    with atomic.directory(out, overwrite=out.exists()) as tmp:
+        _links(tmp / "gan", source, train)
+        for sub, chosen in (("train", eval_train), ("test", eval_test)):
+            _links(tmp / "eval" / sub, source, chosen)
+            rows = ["name,gender,age_group,age"] + [
+                f"{n},{labels[n]['gender']},{labels[n]['age_group']},{labels[n]['age']}" for n in chosen]
+            (tmp / "eval" / sub / "labels.csv").write_text("\n".join(rows) + "\n")
+        facts = {"source": str(source), "images": len(names), "unparsed_names": unparsed, "seed": seed,
+                 "test_fraction": test_fraction, "generator_training_images": len(train), "held_out": len(test),
+                 "eval_pool": len(eval_train), "eval_test": len(eval_test),
+                 "age_bins": [age_group(lo) for lo, _ in AGE_BINS],
+                 "eval_test_distribution": {t: _counts([labels[n][t] for n in eval_test]) for t in TARGETS}}
+        (tmp / "split.json").write_text(json.dumps(facts, indent=2) + "\n")
+    console.print(f"[green]written[/] {out}: {len(train)} generator-training images, {len(test)} held out; "
+                  f"labelled pool {len(eval_train)}, test {len(eval_test)}")
+    return facts
+
+
+def _links(folder: Path, source: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True)
+    for n in names:
+        (folder / n).symlink_to((source / n).resolve())
+
+
+def _counts(values: list[str]) -> dict[str, int]:
+    keys, counts = np.unique(values, return_counts=True)
+    return {str(k): int(c) for k, c in zip(keys, counts)}
+
+
+def evaluate(args, console: Console, err: Console) -> int:
+    """Every target x protocol through `run_evaluation`; one results folder each + README.md."""
+    from genbackbones.evaluate import run_evaluation
+    from genbackbones.evaluate.report import markdown_tables, print_table, summarise, write_outputs
+
+    data = args.work / "eval"
+    if not (data / "train" / "labels.csv").is_file():
+        raise UserError(f"{data} is not prepared; run `python benchmarks/real_faces.py prepare` first")
+    labels = args.labels or ("8,32" if args.tiny else "16,64,256,1024")
+    seeds = args.seeds or (2 if args.tiny else 3)
+    tiny = ["min_steps=3", "max_steps=3"] if args.tiny else []
+    sections, started = [], time.perf_counter()
+    for target in args.targets.split(","):
+        for protocol in args.protocols.split(","):
+            overrides = [f"data.source={data}", f"data.target={target}", f"data.resolution={args.resolution}",
+                         *tiny, *args.set]
+            results = run_evaluation([str(r) for r in args.runs], "classification", labels=labels, seeds=seeds,
+                                     baselines=args.baselines.split(","), overrides=overrides, protocol=protocol,
+                                     device=args.device, console=err)
+            folder = f"{target}-{protocol}"
+            write_outputs(results, args.out / folder)
+            results = {**results, "summary": summarise(results)}
+            print_table(results, console)
+            sections.append(f"### {target}, {protocol}\n\n" + markdown_tables(results, folder))
+    minutes = (time.perf_counter() - started) / 60
+    split = json.loads((args.work / "split.json").read_text())
+    atomic.write_text(args.out / "README.md", readme(args, sections, split, minutes, labels, seeds))
+    console.print(f"[green]written[/] {args.out}/README.md ({minutes:.1f} min)")
+    return 0
+
+
+def readme(args, sections: list[str], split: dict, minutes: float, labels: str, seeds: int) -> str:
+    runs = []
+    for run in args.runs:
+        config_path = Path(run) / "export" / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        prov = config.get("genbackbones", {})
+        runs.append(f"- `{run}`: {config.get('architecture', '?')}, {prov.get('method', '?')}, "
+                    f"{prov.get('steps', '?')} steps x {prov.get('images_per_step', '?')} images")
+    tiny = "\n> `--tiny`: a few steps per run. A smoke test of the benchmark, not a measurement.\n" if args.tiny else ""
+    return "\n".join([
+        "# Real faces (UTKFace): attribute classification", "", tiny,
+        f"Split: {split['generator_training_images']} generator-training images, {split['held_out']} held out "
+        f"(seed {split['seed']}); labelled pool {split['eval_pool']} (training split), test {split['eval_test']} "
+        f"(held-out split only). Age bins {', '.join(split['age_bins'])}.", "",
+        "Backbones:", *runs, "",
+        f"Labels {labels}, {seeds} seeds; baselines {args.baselines}; {args.resolution} px; extra settings "
+        f"{args.set or 'none'}. Wall time {minutes:.1f} min on {platform.machine()}; command: "
+        f"`{' '.join([Path(sys.executable).name, *sys.argv])}`.", "",
+        "Mean ± sample std over seeds; per-seed values and settings are in each folder's results.json. "
+        "UTKFace: non-commercial research licence.", "", *sections])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="fixed-seed split into generator-training and held-out images")
+    prep.add_argument("--utkface", type=Path, default=UTKFACE)
+    prep.add_argument("--work", type=Path, default=WORK)
+    prep.add_argument("--test-fraction", type=float, default=0.2)
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--pool", type=int, default=4000, help="labelled pool drawn from the training split")
+    prep.add_argument("--test-size", type=int, default=2000, help="test images drawn from the held-out split")
+    ev = sub.add_parser("evaluate", help="classification tables for the given runs vs baselines")
+    ev.add_argument("runs", type=Path, nargs="+", help="pretraining runs (or any backbone reference)")
+    ev.add_argument("--work", type=Path, default=WORK)
+    ev.add_argument("--targets", default=",".join(TARGETS))
+    ev.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ev.add_argument("--labels", default=None, help="default 16,64,256,1024 (tiny: 8,32)")
+    ev.add_argument("--seeds", type=int, default=None, help="default 3 (tiny: 2)")
+    ev.add_argument("--baselines", default="imagenet,random")
+    ev.add_argument("--resolution", type=int, default=64)
+    ev.add_argument("--set", action="append", default=[], help="protocol/data setting, as in `evaluate --set`")
+    ev.add_argument("--out", type=Path, default=RESULTS)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--tiny", action="store_true", help="a few steps: proves the benchmark runs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console, err = Console(), Console(stderr=True)
+    try:
+        if args.command == "prepare":
+            prepare(args.utkface, args.work, args.test_fraction, args.seed, args.pool, args.test_size, console)
+            return 0
+        return evaluate(args, console, err)
+    except UserError as error:
+        err.print(f"[red]error:[/] {error}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

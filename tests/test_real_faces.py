@@ -1,0 +1,77 @@
+"""benchmarks/real_faces.py prepare: the held-out faces never reach the generator, labels match file names."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from genbackbones.evaluate.data import DataOptions, load_data
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_faces.py"
+
+
+@pytest.fixture(scope="module")
+def real_faces():
+    spec = importlib.util.spec_from_file_location("real_faces", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["real_faces"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _utkface_like(folder: Path, n: int) -> list[str]:
+    """Small JPEGs named like UTKFace (`age_gender_race_date.jpg.chip.jpg`), plus one name that does not parse."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(n):
+        name = f"{int(rng.integers(1, 90))}_{i % 2}_{i % 5}_2017011{i:05d}.jpg.chip.jpg"
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / name, format="JPEG")
+        names.append(name)
+    Image.new("RGB", (20, 20)).save(folder / "notes.jpg")
+    return names
+
+
+def test_age_bins_and_name_parsing(real_faces):
+    assert [real_faces.age_group(a) for a in (0, 14, 15, 29, 44, 59, 60, 116)] == \
+        ["0-14", "0-14", "15-29", "15-29", "30-44", "45-59", "60+", "60+"]
+    assert real_faces.parse_name("26_1_2_20170116174525125.jpg.chip.jpg") == \
+        {"age": 26, "gender": "female", "age_group": "15-29"}
+    assert real_faces.parse_name("notes.jpg") is None
+
+
+def test_prepare_keeps_held_out_faces_away_from_the_generator(real_faces, tmp_path):
+    names = _utkface_like(tmp_path / "utk", 100)
+    work = tmp_path / "work"
+    facts = real_faces.prepare(tmp_path / "utk", work, 0.2, 0, pool=50, test_size=15, console=Console(quiet=True))
+    gan = {p.name for p in (work / "gan").iterdir()}
+    held_out = set(names) - gan
+    assert facts["unparsed_names"] == ["notes.jpg"] and len(gan) == 80 and len(held_out) == 20
+    eval_train = {p.name for p in (work / "eval" / "train").glob("*.jpg")}
+    eval_test = {p.name for p in (work / "eval" / "test").glob("*.jpg")}
+    assert len(eval_train) == 50 and len(eval_test) == 15
+    assert eval_train <= gan and eval_test <= held_out  # test faces were never generator-training images
+    with open(work / "eval" / "test" / "labels.csv") as f:
+        for row in csv.DictReader(f):
+            assert row == {"name": row["name"], **{k: str(v) for k, v in real_faces.parse_name(row["name"]).items()}}
+    # the same seed gives the same split
+    again = real_faces.prepare(tmp_path / "utk", tmp_path / "again", 0.2, 0, 50, 15, Console(quiet=True))
+    assert again == {**facts, "source": facts["source"]}
+    assert {p.name for p in (tmp_path / "again" / "gan").iterdir()} == gan
+
+
+def test_the_evaluator_reads_the_prepared_folder(real_faces, tmp_path):
+    _utkface_like(tmp_path / "utk", 60)
+    work = tmp_path / "work"
+    real_faces.prepare(tmp_path / "utk", work, 0.25, 0, 40, 15, Console(quiet=True))
+    data = load_data(DataOptions(source=str(work / "eval"), target="gender", resolution=32), "classification")
+    assert data.schema.classes == ("female", "male")
+    assert len(data.train) == 40 and len(data.test) == 15
+    assert tuple(data.train.images.shape[1:]) == (3, 32, 32)
