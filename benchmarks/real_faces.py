@@ -5,12 +5,15 @@ Two steps, both from the repository root:
     # 1. a fixed-seed split of ../shared/data/utkface into the generator's training images and a
     #    held-out test set (symlinks + labels.csv; nothing is copied, nothing is committed)
     python benchmarks/real_faces.py prepare
-    # 2. after training the generator and the backbones (benchmarks/README.md lists the commands):
+    # 2. after training the generator: its quality figure (domain Frechet distance, three numbers)
+    python benchmarks/real_faces.py quality benchmarks/assets/utkface64/generator
+    # 3. after training the backbones (benchmarks/README.md lists the commands):
     python benchmarks/real_faces.py evaluate runs/lm-hrnet-utkface runs/lm-resnet18-utkface runs/gh-resnet18-utkface
 
 `prepare` writes benchmarks/work/utkface64/:
 
     gan/                 every training-split image (what `recipes/generators/utkface64.yaml` trains on)
+    held_out/            every test-split image (never trains anything)
     eval/train/          a fixed-seed subset of the training split + labels.csv: the labelled pool
     eval/test/           a fixed-seed subset of the test split + labels.csv: never seen by the generator
     split.json           file counts, the seed and the age bins
@@ -99,6 +102,7 @@ def prepare(source: Path, out: Path, test_fraction: float, seed: int, pool: int,
     assert not set(train) & set(test) and not set(eval_train) & set(test)
     with atomic.directory(out, overwrite=out.exists()) as tmp:
         _links(tmp / "gan", source, train)
+        _links(tmp / "held_out", source, test)
         for sub, chosen in (("train", eval_train), ("test", eval_test)):
             _links(tmp / "eval" / sub, source, chosen)
             rows = ["name,gender,age_group,age"] + [
@@ -124,6 +128,42 @@ def _links(folder: Path, source: Path, names: list[str]) -> None:
 def _counts(values: list[str]) -> dict[str, int]:
     keys, counts = np.unique(values, return_counts=True)
     return {str(k): int(c) for k, c in zip(keys, counts)}
+
+
+def quality(generator: str, work: Path, n: int, net_steps: int, console: Console) -> dict:
+    """Domain Frechet distance on real faces: generated-vs-held-out next to real-vs-real and a random-init G.
+
+    As `genbackbones.quality` for the bundled domain, but the feature network (a small CNN) learns gender and
+    age group from UTKFace training faces; real-vs-real compares training faces it did not learn from with
+    the held-out faces.
+    """
+    import torch
+
+    from genbackbones.data.images import load_folder
+    from genbackbones.generators.sources import open_generator
+    from genbackbones.quality import (features_of, frechet_distance, generated_images, random_init_like,
+                                      train_attribute_net_on)
+
+    G = open_generator(generator).G
+    size = G.img_resolution
+    console.print(f"loading faces at {size} px ...")
+    train, held_out = load_folder(work / "gan", size), load_folder(work / "held_out", size)
+    n = min(n, len(held_out), len(train) // 2)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    other_real, fit = order[:n], order[n:]
+    names = [Path(name).name for name in train.names]
+    labels = {t: [parse_name(names[i])[t] for i in fit.tolist()] for t in TARGETS}
+    labels = {t: torch.tensor([sorted(set(v)).index(x) for x in v]) for t, v in labels.items()}
+    console.print(f"training the feature network on {len(fit)} faces ({net_steps} steps) ...")
+    net = train_attribute_net_on(train.batch(fit.tolist()), labels, steps=net_steps)
+    reference = features_of(net, held_out.batch(list(range(n))))
+    report = {"n": n, "feature_net_steps": net_steps,
+              "real_vs_real": frechet_distance(features_of(net, train.batch(other_real.tolist())), reference),
+              "generated_vs_real": frechet_distance(features_of(net, generated_images(G, n)), reference),
+              "random_init_vs_real": frechet_distance(features_of(net, generated_images(random_init_like(G), n)),
+                                                      reference)}
+    console.print(json.dumps(report, indent=2))
+    return report
 
 
 def evaluate(args, console: Console, err: Console) -> int:
@@ -190,6 +230,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--pool", type=int, default=4000, help="labelled pool drawn from the training split")
     prep.add_argument("--test-size", type=int, default=2000, help="test images drawn from the held-out split")
+    qu = sub.add_parser("quality", help="the generator's domain Frechet distance vs real-vs-real and random init")
+    qu.add_argument("generator", help="generator folder (or any genbackbones generator source)")
+    qu.add_argument("--work", type=Path, default=WORK)
+    qu.add_argument("--n", type=int, default=4741, help="faces per set (at most the held-out count)")
+    qu.add_argument("--net-steps", type=int, default=600)
+    qu.add_argument("--json", type=Path, default=None, help="also write the report here")
     ev = sub.add_parser("evaluate", help="classification tables for the given runs vs baselines")
     ev.add_argument("runs", type=Path, nargs="+", help="pretraining runs (or any backbone reference)")
     ev.add_argument("--work", type=Path, default=WORK)
@@ -212,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             prepare(args.utkface, args.work, args.test_fraction, args.seed, args.pool, args.test_size, console)
+            return 0
+        if args.command == "quality":
+            report = quality(args.generator, args.work, args.n, args.net_steps, console)
+            if args.json:
+                atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
             return 0
         return evaluate(args, console, err)
     except UserError as error:

@@ -25,16 +25,21 @@ from .data.faces import ATTRIBUTES, FaceDomain, to_tensor
 
 
 class AttributeNet(nn.Module):
-    """A small CNN with one linear head per attribute; `features` is the 128-d penultimate layer."""
+    """A small CNN with one linear head per attribute; `features` is the 128-d penultimate layer.
 
-    def __init__(self, width: int = 32):
+    `heads` maps attribute name -> number of classes (default: the bundled domain's attributes),
+    so the same feature space can be trained on any labelled image set, e.g. real faces.
+    """
+
+    def __init__(self, width: int = 32, heads: dict[str, int] | None = None):
         super().__init__()
+        heads = heads or {name: len(classes) for name, classes in ATTRIBUTES.items()}
         layers, ch = [], 3
         for out in (width, width * 2, width * 4, width * 4):
             layers += [nn.Conv2d(ch, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
             ch = out
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.heads = nn.ModuleDict({name: nn.Linear(ch, len(classes)) for name, classes in ATTRIBUTES.items()})
+        self.heads = nn.ModuleDict({name: nn.Linear(ch, n) for name, n in heads.items()})
 
     def features(self, img: torch.Tensor) -> torch.Tensor:
         return self.body(img)
@@ -55,28 +60,50 @@ def train_attribute_net(size: int = 64, steps: int = 600, batch: int = 64, seed:
     """Train the feature network on the domain's train split; accuracy measured on its test split."""
     domain = FaceDomain(seed=0, size=size)
     train = domain.split_indices("train")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        net = AttributeNet()
-        opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-        net.train()
-        for step in range(steps):
-            idx = train[step * batch: (step + 1) * batch]
-            data = domain.render(idx)
-            img = to_tensor(data["images"])
-            out = net(img)
-            loss = sum(F.cross_entropy(out[k], torch.from_numpy(data["labels"][k])) for k in ATTRIBUTES)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
+
+    def next_batch(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        data = domain.render(train[step * batch: (step + 1) * batch])
+        return to_tensor(data["images"]), {k: torch.from_numpy(v) for k, v in data["labels"].items()}
+
+    net = _fit(AttributeNet, next_batch, steps, seed)
     test = domain.render(domain.first_indices(num_test, "test"))
     with torch.no_grad():
         out = net(to_tensor(test["images"]))
     acc = {k: float((out[k].argmax(1).numpy() == test["labels"][k]).mean()) for k in ATTRIBUTES}
     return net, FeatureNetReport(steps, acc)
+
+
+def train_attribute_net_on(images: torch.Tensor, labels: dict[str, torch.Tensor], steps: int = 600,
+                           batch: int = 64, seed: int = 0) -> AttributeNet:
+    """The same feature network on any labelled images (float [N, 3, R, R] in [-1, 1]; class indices per name)."""
+    heads = {name: int(y.max()) + 1 for name, y in labels.items()}
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+
+    def next_batch(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        start = (step * batch) % max(1, len(images) - batch + 1)
+        idx = order[start: start + batch]
+        return images[idx], {name: y[idx] for name, y in labels.items()}
+
+    return _fit(lambda: AttributeNet(heads=heads), next_batch, steps, seed)
+
+
+def _fit(make_net, next_batch, steps: int, seed: int) -> AttributeNet:
+    """Build the net under `seed`, then AdamW + one-cycle on summed cross-entropy; returns it in eval mode."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = make_net()
+        opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+        net.train()
+        for step in range(steps):
+            img, labels = next_batch(step)
+            out = net(img)
+            loss = sum(F.cross_entropy(out[k], labels[k].long()) for k in labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return net.eval()
 
 
 @torch.no_grad()

@@ -75,3 +75,21 @@ def test_the_evaluator_reads_the_prepared_folder(real_faces, tmp_path):
     assert data.schema.classes == ("female", "male")
     assert len(data.train) == 40 and len(data.test) == 15
     assert tuple(data.train.images.shape[1:]) == (3, 32, 32)
+
+
+def test_quality_puts_real_faces_closer_to_each_other_than_a_random_generator(real_faces, tmp_path):
+    """On stand-in 'faces' (smooth blobs), real-vs-real must beat a random-init generator by a wide margin."""
+    folder = tmp_path / "utk"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    for i in range(160):
+        cx, cy, r = rng.uniform(10, 22), rng.uniform(10, 22), rng.uniform(5, 10)
+        blob = ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r)[..., None] * np.array([200, 150, 120]) + 30
+        name = f"{int(r * 6)}_{int(cx > 16)}_0_2017{i:05d}.jpg.chip.jpg"
+        Image.fromarray(blob.astype(np.uint8)).save(folder / name, format="JPEG")
+    real_faces.prepare(folder, tmp_path / "work", 0.25, 0, 40, 15, Console(quiet=True))
+    report = real_faces.quality("random:tiny32", tmp_path / "work", n=40, net_steps=30, console=Console(quiet=True))
+    assert report["n"] == 40
+    assert report["real_vs_real"] < 0.5 * report["random_init_vs_real"]
+    assert report["real_vs_real"] < 0.5 * report["generated_vs_real"]  # random:tiny32 is untrained too
