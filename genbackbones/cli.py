@@ -104,7 +104,8 @@ def _mount_subcommands() -> None:
     from .cli_generator import app as generator_app
 
     app.add_typer(generator_app, name="generator", help="Convert, inspect and sample generators.")
-    for module in ("genbackbones.evaluate.cli", "genbackbones.hub_cli", "genbackbones.ghfeat_cli"):
+    for module in ("genbackbones.evaluate.cli", "genbackbones.hub_cli", "genbackbones.ghfeat_cli",
+                   "genbackbones.semantics.cli"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as err:  # a command group not built yet
