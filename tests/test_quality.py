@@ -26,3 +26,11 @@ def test_report_puts_real_close_and_a_random_generator_far():
     assert set(report) >= {"real_vs_real", "generated_vs_real", "random_init_vs_real"}
     assert report["real_vs_real"] < 0.5 * report["random_init_vs_real"]
     assert report["real_vs_real"] < 0.5 * report["generated_vs_real"]  # this generator is untrained too
+
+
+def test_the_bundled_generator_is_far_closer_to_real_than_a_random_one():
+    """Catches a broken or swapped shipped generator (README states the 5,000-image figures)."""
+    G = open_generator("bundled").G
+    report = quality_report(G, n=500, random_G=random_init_like(G), net_steps=150)
+    assert report["generated_vs_real"] < 0.5 * report["random_init_vs_real"], report
+    assert report["real_vs_real"] < report["generated_vs_real"], report
