@@ -240,7 +240,7 @@ def test_save_image_folder_reads_back(tmp_path):
 
 
 def test_render_speed():
-    """Conservative floor; the measured figure is in docs/faces.md (benchmarks/render_speed.py)."""
+    """Conservative floor; the measured figure is in the README (benchmarks/render_speed.py)."""
     render_batch(0, range(64), 64)  # warm up
     start = time.process_time()  # CPU time: not fooled by other processes on the machine
     render_batch(0, range(1000, 1600), 64)

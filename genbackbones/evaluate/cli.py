@@ -17,7 +17,7 @@ EPILOG = ("BACKBONE: a run folder, an export folder, local-dir:PATH, hf-hub:org/
           "warmup_steps, flip, decoder_channels, decoder_stride, eval_batch_size; "
           "landmarks: heatmap, ridge, ridge_grid; "
           "classification: protocol, pool_grid; data: data.pool, data.test_size, data.test_fraction, "
-          "data.split_seed, data.faces_seed. See docs/evaluate.md.")
+          "data.split_seed, data.faces_seed. See the README, section Evaluate.")
 
 
 def register(app: typer.Typer) -> None:
