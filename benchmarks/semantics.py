@@ -69,7 +69,7 @@ class Size:
     arch: str = "resnet18"  # segmentation backbone (random init) of the annotator and of (b)
     annot_pool: int = 2000  # real labelled faces the annotator learns from
     annot_steps: int = 1000
-    annot_stride: int = 2  # finer than the evaluator's 4, which caps mIoU at ~45 on 64 px faces (docs/evaluate.md)
+    annot_stride: int = 2  # finer than the evaluator's 4, which caps mIoU at ~45 on 64 px faces (README, Evaluate)
     seg_steps: int = 1000  # (b): both segmentation networks
     seg_stride: int = 4  # (b): the evaluator's protocol
     seg_batch: int = 16
