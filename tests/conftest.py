@@ -6,8 +6,12 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# before torch loads: OpenMP threads that spin while a busy machine deschedules their peers slowed the
+# quickstart test 30-fold (0.8 img/s instead of 26) when another job shared the 2 cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GENBACKBONES_SHARED", REPO.parent / "shared"))
