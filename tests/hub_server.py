@@ -241,6 +241,18 @@ class HubHandler(BaseHTTPRequestHandler):
             return None
         return repo
 
+    def _revision(self, org: str, name: str, revision: str, write: bool,
+                  head: bool = False) -> tuple[Repo, Commit] | None:
+        """The repo and the commit a revision names, or None once a 401/404 has been sent."""
+        repo = self._repo(org, name, write=write, head=head)
+        if repo is None:
+            return None
+        commit = repo.resolve(revision)
+        if commit is None:
+            self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound", head=head)
+            return None
+        return repo, commit
+
     # -- dispatch -------------------------------------------------------------
     def do_GET(self):
         self._dispatch("GET")
@@ -348,12 +360,10 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json({})
 
     def preupload(self, org, name, revision, body, query, head):
-        repo = self._repo(org, name, write=True)
-        if repo is None:
+        found = self._revision(org, name, revision, write=True)
+        if found is None:
             return
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        repo, commit = found
         files = []
         for item in json.loads(body)["files"]:
             lfs = item["path"].endswith(LFS_SUFFIXES) or item["size"] >= LFS_MIN_SIZE
@@ -438,12 +448,10 @@ class HubHandler(BaseHTTPRequestHandler):
                     "pullRequestUrl": None})
 
     def model_info(self, org, name, revision, body, query, head):
-        repo = self._repo(org, name, write=False)
-        if repo is None:
+        found = self._revision(org, name, revision, write=False)
+        if found is None:
             return
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        repo, commit = found
         self._json(self._model_json(repo, commit, blobs=query.get("blobs") in ("True", "true", "1")))
 
     def _model_json(self, repo: Repo, commit: Commit, blobs: bool) -> dict:
@@ -478,12 +486,10 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json(models)
 
     def tree(self, org, name, revision, path, body, query, head):
-        repo = self._repo(org, name, write=False)
-        if repo is None:
+        found = self._revision(org, name, revision, write=False)
+        if found is None:
             return
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        repo, commit = found
         prefix = f"{path.strip('/')}/" if path.strip("/") else ""
         recursive = query.get("recursive") in ("True", "true", "1")
         entries: dict[str, dict] = {}
@@ -506,12 +512,10 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json(list(entries.values()))
 
     def resolve(self, org, name, revision, path, body, query, head):
-        repo = self._repo(org, name, write=False, head=head)
-        if repo is None:
+        found = self._revision(org, name, revision, write=False, head=head)
+        if found is None:
             return
-        commit = repo.resolve(revision)
-        if commit is None:
-            return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound", head=head)
+        repo, commit = found
         blob = commit.files.get(path)
         if blob is None:
             return self._error(404, "Entry not found", "EntryNotFound", head=head)
