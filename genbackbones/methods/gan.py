@@ -139,8 +139,10 @@ class StyleGAN2Task:
     @torch.no_grad()
     def sample_images(self, n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
         z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        # reals spread over the whole dataset: folders sorted by name (UTKFace: by age) start unrepresentative
+        spread = sorted({i * len(self.data) // n for i in range(n)})
         return {"G_ema": self.G_ema(z, None, noise_mode="const"),
-                "real": self.data.batch(list(range(min(n, len(self.data))))).to(self.device)}
+                "real": self.data.batch(spread).to(self.device)}
 
 
 def make_pair(init_kwargs: dict, seed: int, mbstd_group: int) -> tuple[Generator, Discriminator, Generator]:
