@@ -18,7 +18,7 @@ The segmentation network everywhere is the evaluator's (`evaluate.tasks.DenseMod
 a timm backbone, random init, every level fused at stride 4), trained with AdamW,
 cosine decay, horizontal flips.
 
-    python benchmarks/semantics.py                      # default size (~20-30 min on 2 idle cores)
+    python benchmarks/semantics.py                      # default size (66 min measured on one core, --threads 1)
     python benchmarks/semantics.py --tiny               # smoke test of the script (~1-2 min)
     python benchmarks/semantics.py --generator PATH     # any generator of the faces domain
 
