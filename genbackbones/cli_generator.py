@@ -59,14 +59,14 @@ def convert(
 @app.command()
 @user_errors
 def info(
-    path: str = typer.Argument(..., help="Generator folder, checkpoint file, or hf-hub:org/name."),
+    path: str = typer.Argument(..., help="Generator folder, checkpoint file, hf-hub:org/name, bundled or random:<preset>."),
     network: Optional[str] = typer.Option(None, "--network", help="For checkpoints: G_ema (default) or G."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON instead of tables."),
 ):
     """Architecture, sizes, taps and provenance of a generator."""
-    from .generators.checkpoints import load_generator
+    from .generators.sources import open_generator
 
-    loaded = load_generator(path, network=network)
+    loaded = open_generator(path, network=network)  # also `bundled` and `random:<preset>`
     facts = generator_facts(loaded)
     if as_json:
         console.print_json(json.dumps(facts))
@@ -126,7 +126,7 @@ def _count_params(module) -> int:
 @app.command()
 @user_errors
 def sample(
-    path: str = typer.Argument(..., help="Generator folder, checkpoint file, or hf-hub:org/name."),
+    path: str = typer.Argument(..., help="Generator folder, checkpoint file, hf-hub:org/name, bundled or random:<preset>."),
     n: int = typer.Option(16, "--n", min=1, help="Number of images."),
     seed: int = typer.Option(0, "--seed", min=0, help="Image i uses seed + i."),
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi (1 = none)."),
@@ -139,11 +139,12 @@ def sample(
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cuda."),
 ):
     """Write a reproducible grid of samples (NVIDIA gen_images.py seeds)."""
-    from .generators.checkpoints import load_generator
+    from .generators.sources import open_generator
 
     if noise_mode not in ("const", "random", "none"):
         raise UserError(f"--noise-mode must be const, random or none, got {noise_mode!r}")
-    loaded = load_generator(path, network=network, device=device)
+    loaded = open_generator(path, network=network)  # also `bundled` and `random:<preset>`
+    loaded.G.to(device)
     seeds = [seed + i for i in range(n)]
     images = generate_images(loaded.G, seeds, truncation, class_idx, noise_mode, device)
     cols = math.ceil(math.sqrt(n))
@@ -152,7 +153,7 @@ def sample(
     if save_seeds:
         folder, index = write_seed_files(out, images, seeds, cols, dict(
             generator=str(path), network=loaded.meta.get("network"),
-            generator_source_sha256=loaded.meta.get("source_sha256"), truncation_psi=truncation,
+            generator_source_sha256=loaded.sha256, truncation_psi=truncation,
             noise_mode=noise_mode, class_idx=class_idx))
         console.print(f"[green]wrote[/] {index} and {n} images in {folder}")
 

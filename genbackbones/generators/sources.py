@@ -70,7 +70,7 @@ def random_generator(preset: str, seed: int) -> GeneratorHandle:
     return GeneratorHandle(freeze(G), None, meta)
 
 
-def open_generator(source: str, network: str = "G_ema", seed: int = 0) -> GeneratorHandle:
+def open_generator(source: str, network: str | None = "G_ema", seed: int = 0) -> GeneratorHandle:
     """Resolve a recipe's `generator.source` to a frozen generator."""
     if source.startswith("random:"):
         return random_generator(source.split(":", 1)[1], seed)

@@ -81,7 +81,7 @@ def annotate_cmd(
     chosen = parse_layers(G, layers)
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     result, _ = annotate(G, masks, out, extractor, chosen, settings, seeds, names, class_colors, device,
-                         source=generator, generator_sha256=meta.get("source_sha256"), hidden=hidden,
+                         source=generator, generator_sha256=meta.get("source_sha256") or meta.get("sha256"), hidden=hidden,
                          fingerprint=fingerprint, overwrite=overwrite)
     cfg = result.extractor.config
     table = Table("extractor", "images", "classes", "loss first → last", "train mIoU (%)", "pixel acc. (%)",
