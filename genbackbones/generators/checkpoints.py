@@ -115,8 +115,8 @@ def load_folder(folder: str | Path, network: str | None = None) -> LoadedGenerat
         raise UserError(f"{folder} holds the checkpoint's {meta['network']}, not {network}; convert the original "
                         f"checkpoint with --network {network}, or ask for network={meta['network']!r}")
     where = f"{folder / META_FILE}"
-    meta["sha256"] = sha256_file(folder / G_FILE) if (folder / G_FILE).is_file() else None  # names the weights
     G = build_network("Generator", meta["G_init_kwargs"], _read_safetensors(folder / G_FILE), where)
+    meta["sha256"] = sha256_file(folder / G_FILE)  # names the weights (a trained folder has no source_sha256)
     D = None
     if meta.get("D_init_kwargs") is not None:
         D = build_network("Discriminator", meta["D_init_kwargs"], _read_safetensors(folder / D_FILE), where)

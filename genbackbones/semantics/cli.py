@@ -25,13 +25,13 @@ def register(app: typer.Typer) -> None:
 
 
 def open_for_semantics(source: str, network: Optional[str], device: str):
-    """(G on `device`, its weight fingerprint, provenance meta)."""
+    """(G on `device`, its weight fingerprint, the sha256 that `generator sample --save-seeds` records)."""
     from ..generators.sources import open_generator
     from .activations import generator_fingerprint
 
     handle = open_generator(source, network=network)  # None: whatever the source holds
     G = handle.G.to(device)
-    return G, generator_fingerprint(G), handle.meta
+    return G, generator_fingerprint(G), handle.sha256
 
 
 def _sampling(truncation: float, class_idx: Optional[int]):
@@ -76,12 +76,12 @@ def annotate_cmd(
         raise UserError(f"unknown extractor {extractor!r}; choose one of {', '.join(TRAINABLE_KINDS)}")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
-    G, fingerprint, meta = open_for_semantics(generator, network, device)
+    G, fingerprint, sha256 = open_for_semantics(generator, network, device)
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     chosen = parse_layers(G, layers)
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     result, _ = annotate(G, masks, out, extractor, chosen, settings, seeds, names, class_colors, device,
-                         source=generator, generator_sha256=meta.get("source_sha256") or meta.get("sha256"), hidden=hidden,
+                         source=generator, generator_sha256=sha256, hidden=hidden,
                          fingerprint=fingerprint, overwrite=overwrite)
     cfg = result.extractor.config
     table = Table("extractor", "images", "classes", "loss first → last", "train mIoU (%)", "pixel acc. (%)",
