@@ -21,6 +21,17 @@ FIXTURE_VARIANTS = sorted(p.name for p in FIXTURES.glob("*") if (p / "expected.s
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread (on a loaded 2-core machine two are many times slower); restored after.
+
+    Opt in per module with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tolerance(ref: torch.Tensor) -> float:
     """The fixtures' documented tolerance: 1e-5 * max(1, max|ref|)."""
     return 1e-5 * max(1.0, ref.abs().max().item())

@@ -37,13 +37,7 @@ runner = CliRunner()
 COARSE = ["synthesis.b8.conv1", "synthesis.b16.conv1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These ops are tiny: one thread is as fast and does not stall on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
