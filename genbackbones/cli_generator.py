@@ -171,22 +171,37 @@ def generate_images(G, seeds: list[int], truncation: float = 1.0, class_idx: int
     """uint8 images [N, H, W, C] for `seeds` (NVIDIA's gen_images.py conversion)."""
     import torch
 
-    if G.c_dim > 0 and class_idx is None:
-        raise UserError(f"this generator is conditional ({G.c_dim} classes); pass --class-idx 0..{G.c_dim - 1}")
-    if class_idx is not None and not 0 <= class_idx < G.c_dim:
-        raise UserError(f"--class-idx {class_idx} does not fit this generator (c_dim={G.c_dim})")
+    class_labels(G, 0, class_idx, device)  # check the class before any work
     z_all = seeded_latents(G.z_dim, seeds)
     out = []
     with torch.no_grad():
         for start in range(0, len(seeds), batch):
             z = z_all[start:start + batch].to(device)
-            c = None
-            if G.c_dim > 0:
-                c = torch.zeros([len(z), G.c_dim], device=device)
-                c[:, class_idx] = 1
-            img = G(z, c, truncation_psi=truncation, noise_mode=noise_mode)
-            out.append((img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu())
+            img = G(z, class_labels(G, len(z), class_idx, device), truncation_psi=truncation, noise_mode=noise_mode)
+            out.append(nvidia_uint8(img).cpu())
     return torch.cat(out)
+
+
+def class_labels(G, n: int, class_idx: int | None, device="cpu"):
+    """One-hot labels of `class_idx` for a conditional generator (None for an unconditional one)."""
+    import torch
+
+    if class_idx is not None and not 0 <= class_idx < G.c_dim:
+        raise UserError(f"--class-idx {class_idx} does not fit this generator (c_dim={G.c_dim})")
+    if G.c_dim == 0:
+        return None
+    if class_idx is None:
+        raise UserError(f"this generator is conditional ({G.c_dim} classes); pass --class-idx 0..{G.c_dim - 1}")
+    c = torch.zeros([n, G.c_dim], device=device)
+    c[:, class_idx] = 1
+    return c
+
+
+def nvidia_uint8(img):
+    """[N, C, H, W] generator output -> uint8 [N, H, W, C], as NVIDIA's gen_images.py converts it."""
+    import torch
+
+    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 def image_grid(images, cols: int):

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..cli_generator import seeded_latents
+from ..cli_generator import class_labels, nvidia_uint8, seeded_latents
 from ..errors import UserError
 
 LAYER_KINDS = ("conv0", "conv1")
@@ -114,28 +114,10 @@ def generator_fingerprint(G) -> str:
     return digest.hexdigest()
 
 
-def labels_for(G, n: int, sampling: Sampling, device) -> torch.Tensor | None:
-    """One-hot class labels for conditional generators (the class `sampling` names)."""
-    if G.c_dim == 0:
-        return None
-    if sampling.class_idx is None:
-        raise UserError(f"this generator is conditional ({G.c_dim} classes); pass --class-idx 0..{G.c_dim - 1}")
-    if not 0 <= sampling.class_idx < G.c_dim:
-        raise UserError(f"--class-idx {sampling.class_idx} does not fit this generator (c_dim={G.c_dim})")
-    c = torch.zeros([n, G.c_dim], device=device)
-    c[:, sampling.class_idx] = 1
-    return c
-
-
 def check_sampling(sampling: Sampling) -> None:
     if sampling.noise_mode not in ("const", "none"):
         raise UserError(f"noise_mode {sampling.noise_mode!r} cannot be reproduced from a seed; sample the images "
                         "with --noise-mode const (the default of `genbackbones generator sample`)")
-
-
-def to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] generator output -> uint8 [N, H, W, C], as `generator sample` writes it."""
-    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 @torch.no_grad()
@@ -145,10 +127,10 @@ def generate(G, seeds: Sequence[int], layers: Sequence[str], sampling: Sampling 
     check_sampling(sampling)
     seeds = [int(s) for s in seeds]
     z = seeded_latents(G.z_dim, seeds).to(device)
-    c = labels_for(G, len(seeds), sampling, device)
+    c = class_labels(G, len(seeds), sampling.class_idx, device)
     trace = G.trace(z, c, truncation_psi=sampling.truncation_psi, noise_mode=sampling.noise_mode)
     acts = {name: trace.taps[name].float().cpu() for name in layers}
-    return Generated(seeds, to_uint8(trace.img).cpu(), acts)
+    return Generated(seeds, nvidia_uint8(trace.img).cpu(), acts)
 
 
 def iter_generated(G, seeds: Sequence[int], layers: Sequence[str], sampling: Sampling = Sampling(),
