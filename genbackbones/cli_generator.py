@@ -218,9 +218,10 @@ def image_grid(images, cols: int):
 
 
 def png_bytes(array) -> bytes:
+    """An [H, W], [H, W, 1] or [H, W, 3] uint8 array as PNG bytes (one channel: mode L)."""
     from PIL import Image
 
-    arr = array[:, :, 0] if array.shape[2] == 1 else array
+    arr = array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()

@@ -24,7 +24,6 @@ resumed run, or a run with a larger N.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from .. import atomic
+from ..cli_generator import png_bytes
 from ..errors import UserError
 from .activations import Sampling, check_sampling, generate, generator_fingerprint
 from .extractors import Extractor, check_compatible
@@ -67,14 +67,6 @@ def extractor_fingerprint(extractor: Extractor) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def write_file(path: Path, data: bytes) -> None:
