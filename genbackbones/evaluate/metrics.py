@@ -29,15 +29,17 @@ IGNORE_INDEX = 255
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """int64 [C, C] counts, rows = ground truth, columns = prediction."""
+                     ignore_index: int = IGNORE_INDEX, num_pred: int | None = None) -> torch.Tensor:
+    """int64 [C, P] counts, rows = ground truth, columns = prediction (P = `num_pred`, default C;
+    a different P for predictions that are not classes, e.g. clusters)."""
+    num_pred = num_classes if num_pred is None else num_pred
     pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
     keep = target != ignore_index
     pred, target = pred[keep], target[keep]
     if target.numel() and (int(target.max()) >= num_classes or int(target.min()) < 0):
         raise ValueError(f"target classes must be in 0..{num_classes - 1} (or {ignore_index})")
-    flat = target * num_classes + pred
-    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
+    flat = target * num_pred + pred
+    return torch.bincount(flat, minlength=num_classes * num_pred).reshape(num_classes, num_pred).cpu()
 
 
 def segmentation_scores(cm: torch.Tensor, class_names: Sequence[str]) -> dict:

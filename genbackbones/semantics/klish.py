@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from .. import atomic
 from ..errors import UserError
+from ..evaluate.metrics import confusion_matrix
 from .activations import Generated, Sampling, generate_all, generator_fingerprint, layer_shapes
 from .extractors import ClusterExtractor, build_extractor, make_config, save_extractor
 
@@ -292,10 +293,7 @@ def kmeans_extractor(x: torch.Tensor, template: ClusterExtractor, k: int, s: Kli
 def cluster_confusion(clusters: torch.Tensor, gt: torch.Tensor, num_classes: int, num_clusters: int,
                       ignore_index: int = 255) -> torch.Tensor:
     """int64 [num_classes, num_clusters] pixel counts (rows = ground truth)."""
-    clusters, gt = clusters.reshape(-1).long(), gt.reshape(-1).long()
-    keep = gt != ignore_index
-    flat = gt[keep] * num_clusters + clusters[keep]
-    return torch.bincount(flat, minlength=num_classes * num_clusters).reshape(num_classes, num_clusters)
+    return confusion_matrix(clusters, gt, num_classes, ignore_index, num_pred=num_clusters)
 
 
 def max_matching_miou(cm: torch.Tensor) -> tuple[float, list[int]]:
