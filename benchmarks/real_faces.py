@@ -34,7 +34,6 @@ import os
 import platform
 import re
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see genbackbones/evaluate/cli.py
@@ -167,56 +166,79 @@ def quality(generator: str, work: Path, n: int, net_steps: int, console: Console
 
 
 def evaluate(args, console: Console, err: Console) -> int:
-    """Every target x protocol through `run_evaluation`; one results folder each + README.md."""
-    from genbackbones.evaluate import run_evaluation
-    from genbackbones.evaluate.report import markdown_tables, print_table, summarise, write_outputs
+    """Every target x protocol through `run_evaluation`; one results folder each, then README.md.
 
-    data = args.work / "eval"
-    if not (data / "train" / "labels.csv").is_file():
+    The README is rebuilt from every results folder under --out, so the linear probe and the
+    fine-tune may be run by separate commands (with different label counts) into one table set.
+    """
+    from genbackbones.evaluate import run_evaluation
+    from genbackbones.evaluate.data import DataOptions
+    from genbackbones.evaluate.report import print_table, summarise, write_outputs
+
+    data = args.data or args.work / "eval"
+    if args.data is None and not (data / "train" / "labels.csv").is_file():
         raise UserError(f"{data} is not prepared; run `python benchmarks/real_faces.py prepare` first")
     labels = args.labels or ("8,32" if args.tiny else "16,64,256,1024")
     seeds = args.seeds or (2 if args.tiny else 3)
     tiny = ["min_steps=3", "max_steps=3"] if args.tiny else []
-    sections, started = [], time.perf_counter()
-    for target in args.targets.split(","):
-        for protocol in args.protocols.split(","):
-            overrides = [f"data.source={data}", f"data.target={target}", f"data.resolution={args.resolution}",
-                         *tiny, *args.set]
-            results = run_evaluation([str(r) for r in args.runs], "classification", labels=labels, seeds=seeds,
-                                     baselines=args.baselines.split(","), overrides=overrides, protocol=protocol,
-                                     device=args.device, console=err)
-            folder = f"{target}-{protocol}"
-            write_outputs(results, args.out / folder)
-            results = {**results, "summary": summarise(results)}
-            print_table(results, console)
-            sections.append(f"### {target}, {protocol}\n\n" + markdown_tables(results, folder))
-    minutes = (time.perf_counter() - started) / 60
-    split = json.loads((args.work / "split.json").read_text())
-    atomic.write_text(args.out / "README.md", readme(args, sections, split, minutes, labels, seeds))
-    console.print(f"[green]written[/] {args.out}/README.md ({minutes:.1f} min)")
+    overrides = [*tiny, *args.set]  # protocol settings and data.* options such as data.test_size
+    if args.task == "classification":
+        jobs = [(f"{t}-{p}", DataOptions(str(data), args.resolution, target=t), p) for t in args.targets.split(",")
+                for p in args.protocols.split(",")]
+    else:  # your own masks or landmarks: one protocol per task
+        jobs = [(args.task, DataOptions(str(data), args.resolution), None)]
+    for folder, options, protocol in jobs:
+        results = run_evaluation([str(r) for r in args.runs], args.task, data=options, labels=labels, seeds=seeds,
+                                 baselines=args.baselines.split(","), overrides=overrides, protocol=protocol,
+                                 device=args.device, console=err)
+        results["benchmark"] = {"tiny": args.tiny, "runs": [str(r) for r in args.runs]}
+        write_outputs(results, args.out / folder)
+        print_table({**results, "summary": summarise(results)}, console)
+    split_file = args.work / "split.json"
+    split = json.loads(split_file.read_text()) if args.data is None and split_file.is_file() else None
+    atomic.write_text(args.out / "README.md", readme(args.out, split))
+    console.print(f"[green]written[/] {args.out}/README.md")
     return 0
 
 
-def readme(args, sections: list[str], split: dict, minutes: float, labels: str, seeds: int) -> str:
-    runs = []
-    for run in args.runs:
-        config_path = Path(run) / "export" / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        prov = config.get("genbackbones", {})
-        runs.append(f"- `{run}`: {config.get('architecture', '?')}, {prov.get('method', '?')}, "
-                    f"{prov.get('steps', '?')} steps x {prov.get('images_per_step', '?')} images")
-    tiny = "\n> `--tiny`: a few steps per run. A smoke test of the benchmark, not a measurement.\n" if args.tiny else ""
-    return "\n".join([
-        "# Real faces (UTKFace): attribute classification", "", tiny,
+def readme(out: Path, split: dict | None) -> str:
+    """README.md for every results folder under `out` (`<target>-<protocol>` or a task), each with its command."""
+    from genbackbones.evaluate.report import markdown_tables, summarise
+
+    sections, runs = [], {}
+    for path in sorted(out.glob("*/results.json")):
+        results = json.loads(path.read_text())
+        results["summary"] = summarise(results)
+        bench = results.get("benchmark", {})
+        for run in bench.get("runs", []):
+            runs.setdefault(run, _describe_run(Path(run)))
+        tiny = " `--tiny`: a few steps per run, a smoke test, not a measurement." if bench.get("tiny") else ""
+        steps = {k: v for k, v in results["settings"].items() if k in ("epochs", "min_steps", "max_steps")}
+        timing = results["timing"]
+        sections.append(
+            f"### {path.parent.name}\n\nData: {results['data']['summary']}. Labels "
+            f"{', '.join(map(str, results['labels']))}; {len(results['seeds'])} seeds; fine-tune steps {steps}; "
+            f"wall time {timing['total_seconds'] / 60:.1f} min on {timing['device']} ({timing['torch_threads']} "
+            f"threads). Command: `python {' '.join(results['command'])}`.{tiny}\n\n"
+            + markdown_tables(results, path.parent.name))
+    about = [] if split is None else [
         f"Split: {split['generator_training_images']} generator-training images, {split['held_out']} held out "
         f"(seed {split['seed']}); labelled pool {split['eval_pool']} (training split), test {split['eval_test']} "
-        f"(held-out split only). Age bins {', '.join(split['age_bins'])}.", "",
-        "Backbones:", *runs, "",
-        f"Labels {labels}, {seeds} seeds; baselines {args.baselines}; {args.resolution} px; extra settings "
-        f"{args.set or 'none'}. Wall time {minutes:.1f} min on {platform.machine()}; command: "
-        f"`{' '.join([Path(sys.executable).name, *sys.argv])}`.", "",
-        "Mean ± sample std over seeds; per-seed values and settings are in each folder's results.json. "
-        "UTKFace: non-commercial research licence.", "", *sections])
+        f"(held-out split only). Age bins {', '.join(split['age_bins'])}.", ""]
+    return "\n".join([
+        "# Real faces: backbones pretrained on a face generator vs baselines", "", *about,
+        "Backbones:", *runs.values(), "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores. Mean ± sample std over seeds; per-seed "
+        "values and settings are in each folder's results.json. UTKFace: non-commercial research licence.", "",
+        *sections])
+
+
+def _describe_run(run: Path) -> str:
+    config_path = run / "export" / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    prov = config.get("genbackbones", {})
+    return (f"- `{run}`: {config.get('architecture', '?')}, {prov.get('method', '?')}, "
+            f"{prov.get('steps', '?')} steps x {prov.get('images_per_step', '?')} images")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -239,7 +261,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev = sub.add_parser("evaluate", help="classification tables for the given runs vs baselines")
     ev.add_argument("runs", type=Path, nargs="+", help="pretraining runs (or any backbone reference)")
     ev.add_argument("--work", type=Path, default=WORK)
-    ev.add_argument("--targets", default=",".join(TARGETS))
+    ev.add_argument("--task", default="classification", choices=("classification", "segmentation", "landmarks"),
+                    help="segmentation / landmarks: with --data, your own labelled faces (masks/ or landmarks.csv)")
+    ev.add_argument("--data", type=Path, default=None,
+                    help="a labelled face folder (see the README's Data section); default the prepared UTKFace eval/")
+    ev.add_argument("--targets", default=",".join(TARGETS), help="classification: labels.csv columns")
     ev.add_argument("--protocols", default=",".join(PROTOCOLS))
     ev.add_argument("--labels", default=None, help="default 16,64,256,1024 (tiny: 8,32)")
     ev.add_argument("--seeds", type=int, default=None, help="default 3 (tiny: 2)")

@@ -20,6 +20,7 @@ import torch
 
 from genbackbones.errors import UserError
 from genbackbones.evaluate.backbones import (
+    ResolvedBackbone,
     imagenet_tag,
     is_imagenet_only,
     random_baseline,
@@ -75,7 +76,7 @@ PROBE = """
 import json, sys, torch
 from genbackbones.evaluate.backbones import resolve_backbone, resolve_baselines
 first = resolve_backbone(sys.argv[1])
-found, missing = resolve_baselines(["imagenet", "random"], first)
+found, missing = resolve_baselines(["imagenet", "random"], [first])
 out = {"found": [b.describe() for b in found], "missing": [m.__dict__ for m in missing]}
 imagenet = [b for b in found if b.kind == "imagenet"]
 if imagenet:
@@ -151,6 +152,18 @@ def test_random_baseline_mirrors_the_first_backbone(tiny_run):
     assert torch.equal(w0, w0_again) and not torch.equal(w0, w1)  # seeded init, different per seed
 
 
+def test_random_baselines_mirror_every_architecture(tiny_run):
+    resnet = resolve_backbone(str(tiny_run))
+    hrnet = ResolvedBackbone(name="lm-hrnet", reference="x", kind="run", arch="hrnet_w18_small", mean=(0.5,) * 3,
+                             std=(0.25,) * 3, feature_kwargs={"features_only": True, "feature_location": ""})
+    found, missing = resolve_baselines(["random"], [hrnet, resnet, hrnet])
+    assert [(b.name, b.arch, b.mean, b.feature_kwargs) for b in found] == [
+        ("random init (hrnet_w18_small)", "hrnet_w18_small", hrnet.mean, hrnet.feature_kwargs),
+        (f"random init ({resnet.arch})", resnet.arch, resnet.mean, resnet.feature_kwargs)]
+    assert missing == []
+    assert [b.name for b in resolve_baselines(["random"], [resnet, resnet])[0]] == ["random init"]
+
+
 def test_bad_references_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         resolve_backbone(str(tmp_path / "nope"))
@@ -162,7 +175,7 @@ def test_bad_references_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not a run folder, an export folder"):
         resolve_backbone("not_a_timm_model_xyz")
     with pytest.raises(UserError, match="unknown baseline"):
-        resolve_baselines(["imagenet21k"], None)
+        resolve_baselines(["imagenet21k"], [])
 
 
 def test_imagenet_tags_exclude_other_pretraining_data():

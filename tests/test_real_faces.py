@@ -93,3 +93,34 @@ def test_quality_puts_real_faces_closer_to_each_other_than_a_random_generator(re
     assert report["n"] == 40
     assert report["real_vs_real"] < 0.5 * report["random_init_vs_real"]
     assert report["real_vs_real"] < 0.5 * report["generated_vs_real"]  # random:tiny32 is untrained too
+
+
+def test_evaluate_writes_one_readme_for_utkface_classification_and_your_own_masks(real_faces, tmp_path):
+    """Item 4: the benchmark's evaluate runs on any labelled face folder; every results folder lands in one README."""
+    from .test_evaluate_backbones import make_tiny_run
+    from .test_evaluate_data import write_segmentation_folder
+
+    run = make_tiny_run(tmp_path_factory_base(tmp_path))
+    _utkface_like(tmp_path / "utk", 40)
+    work, out = tmp_path / "work", tmp_path / "results"
+    real_faces.prepare(tmp_path / "utk", work, 0.25, 0, 24, 8, Console(quiet=True))
+    common = [str(run), "--work", str(work), "--out", str(out), "--tiny", "--labels", "4", "--seeds", "1",
+              "--baselines", "random", "--resolution", "32", "--set", "eval_batch_size=8"]
+    assert real_faces.main(["evaluate", *common, "--targets", "gender", "--protocols", "linear"]) == 0
+    masks = write_segmentation_folder(tmp_path / "mine", count=16)
+    assert real_faces.main(["evaluate", *common, "--task", "segmentation", "--data", str(masks),
+                            "--set", "data.test_size=6"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "gender-linear", "segmentation"]
+    text = (out / "README.md").read_text()
+    assert "### gender-linear" in text and "### segmentation" in text and "smoke test" in text
+    assert text.count("| random init |") >= 2 and "Split:" not in text  # the last command used --data
+    assert f"`{run}`: resnet18, layermatch" in text
+
+
+def test_evaluate_without_a_prepared_folder_is_a_one_line_error(real_faces, tmp_path, capsys):
+    assert real_faces.main(["evaluate", str(tmp_path), "--work", str(tmp_path / "none")]) == 2
+    assert "run `python benchmarks/real_faces.py prepare` first" in capsys.readouterr().err
+
+
+def tmp_path_factory_base(tmp_path: Path) -> Path:
+    return tmp_path.parent

@@ -120,7 +120,7 @@ def _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, pr
     models = [resolve_backbone(b) for b in backbones]
     subject = _subject(models, run)
     models.insert(0, models.pop(models.index(subject)))
-    extra, unavailable = resolve_baselines([b for b in baselines if b and b != "none"], models[0])
+    extra, unavailable = resolve_baselines([b for b in baselines if b and b != "none"], models)
     models += extra
     unique_names(models)
 

@@ -8,10 +8,12 @@ A reference is one of (first match wins):
 - a timm model name, optionally with a tag (`resnet50`, `resnet50.a1_in1k`): *timm's
   pretrained weights* for it, which must be in the Hugging Face cache (or downloadable).
 
-Baselines mirror the first backbone's architecture and feature options:
+Baselines mirror each architecture among the backbones (with the feature options of its
+first backbone), so a ResNet-18 is never compared only with a random HRNet; the architecture
+is appended to a baseline's name when the backbones have more than one:
 
 - `random`: the same architecture, randomly initialised (the init varies with the seed),
-  fed with the first backbone's normalisation;
+  fed with that backbone's normalisation;
 - `imagenet`: timm's ImageNet weights for the architecture (the default tag when it is
   trained on ImageNet only, else the first ImageNet-only tag timm lists). If they are
   neither in the cache nor downloadable, the baseline is reported as unavailable with
@@ -107,22 +109,28 @@ def resolve_backbone(reference: str) -> ResolvedBackbone:
                     "model name")
 
 
-def resolve_baselines(names: list[str], first: ResolvedBackbone) -> tuple[list[ResolvedBackbone], list[Unavailable]]:
-    """The requested baselines for the first backbone's architecture."""
-    found, missing = [], []
+def resolve_baselines(names: list[str], backbones: list[ResolvedBackbone]) -> tuple[list[ResolvedBackbone],
+                                                                                  list[Unavailable]]:
+    """The requested baselines for each architecture among `backbones` (its first backbone is the template)."""
     for name in names:
-        if name == "random":
-            found.append(random_baseline(first))
-        elif name == "imagenet":
-            result = imagenet_baseline(first)
-            (found if isinstance(result, ResolvedBackbone) else missing).append(result)
-        else:
+        if name not in ("random", "imagenet"):
             raise UserError(f"unknown baseline {name!r}; use imagenet, random or none")
+    templates: dict[str, ResolvedBackbone] = {}
+    for backbone in backbones:
+        templates.setdefault(backbone.arch.split(".")[0], backbone)
+    found, missing = [], []
+    for arch, first in templates.items():
+        suffix = f" ({arch})" if len(templates) > 1 else ""
+        for name in names:
+            result = random_baseline(first, suffix) if name == "random" else imagenet_baseline(first)
+            if isinstance(result, Unavailable):
+                result.name += suffix
+            (found if isinstance(result, ResolvedBackbone) else missing).append(result)
     return found, missing
 
 
-def random_baseline(first: ResolvedBackbone) -> ResolvedBackbone:
-    return ResolvedBackbone(name="random init", reference="random", kind="random", arch=first.arch,
+def random_baseline(first: ResolvedBackbone, suffix: str = "") -> ResolvedBackbone:
+    return ResolvedBackbone(name=f"random init{suffix}", reference="random", kind="random", arch=first.arch,
                             mean=first.mean, std=first.std, input_size=first.input_size,
                             feature_kwargs=dict(first.feature_kwargs),
                             provenance={"init": "random (timm default init, seeded by the evaluation seed)",

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
                                    "4,16,64,all."),
         seeds: int = typer.Option(3, "--seeds", help="Seeds 0..n-1: labelled subset, head init, data order."),
         baselines: str = typer.Option("imagenet,random", "--baselines", help="imagenet, random (comma list) or "
-                                      "none; same architecture as the first backbone."),
+                                      "none; one per architecture among the backbones."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default "
                                            "evaluation/<timestamp>); must not exist or be empty."),
         epochs: Optional[float] = typer.Option(None, "--epochs", help="Fine-tuning epochs before the step clamp."),
