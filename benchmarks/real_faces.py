@@ -206,21 +206,25 @@ def readme(out: Path, split: dict | None) -> str:
     from genbackbones.evaluate.report import markdown_tables, summarise
 
     sections, runs = [], {}
-    for path in sorted(out.glob("*/results.json")):
+    order = [f"{t}-{p}" for t in TARGETS for p in PROTOCOLS]  # UTKFace first, in this order; then the rest
+    folders = sorted(out.glob("*/results.json"), key=lambda path: (
+        order.index(path.parent.name) if path.parent.name in order else len(order), path.parent.name))
+    for path in folders:
         results = json.loads(path.read_text())
         results["summary"] = summarise(results)
         bench = results.get("benchmark", {})
         for run in bench.get("runs", []):
             runs.setdefault(run, _describe_run(Path(run)))
         tiny = " `--tiny`: a few steps per run, a smoke test, not a measurement." if bench.get("tiny") else ""
-        steps = {k: v for k, v in results["settings"].items() if k in ("epochs", "min_steps", "max_steps")}
-        timing = results["timing"]
+        st, timing = results["settings"], results["timing"]
+        steps = (f"fine-tune steps clamp({st['epochs']:g} epochs, {st['min_steps']}, {st['max_steps']}); "
+                 if results["task"] != "classification" or st.get("protocol") == "finetune" else "")
+        tables = markdown_tables(results, path.parent.name).split("\n", 2)[2]  # our heading replaces its own
         sections.append(
-            f"### {path.parent.name}\n\nData: {results['data']['summary']}. Labels "
-            f"{', '.join(map(str, results['labels']))}; {len(results['seeds'])} seeds; fine-tune steps {steps}; "
+            f"## {path.parent.name}\n\nData: {results['data']['summary']}. Labels "
+            f"{', '.join(map(str, results['labels']))}; seeds {len(results['seeds'])}; {steps}"
             f"wall time {timing['total_seconds'] / 60:.1f} min on {timing['device']} ({timing['torch_threads']} "
-            f"threads). Command: `python {' '.join(results['command'])}`.{tiny}\n\n"
-            + markdown_tables(results, path.parent.name))
+            f"threads). Command: `python {' '.join(results['command'])}`.{tiny}\n\n{tables}")
     about = [] if split is None else [
         f"Split: {split['generator_training_images']} generator-training images, {split['held_out']} held out "
         f"(seed {split['seed']}); labelled pool {split['eval_pool']} (training split), test {split['eval_test']} "

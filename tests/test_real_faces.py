@@ -112,7 +112,7 @@ def test_evaluate_writes_one_readme_for_utkface_classification_and_your_own_mask
                             "--set", "data.test_size=6"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "gender-linear", "segmentation"]
     text = (out / "README.md").read_text()
-    assert "### gender-linear" in text and "### segmentation" in text and "smoke test" in text
+    assert "## gender-linear" in text and "## segmentation" in text and "smoke test" in text
     assert text.count("| random init |") >= 2 and "Split:" not in text  # the last command used --data
     assert f"`{run}`: resnet18, layermatch" in text
 
