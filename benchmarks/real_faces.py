@@ -1,6 +1,6 @@
 """Real faces (UTKFace): backbones pretrained against a UTKFace generator vs random init and ImageNet.
 
-Two steps, both from the repository root:
+Three steps, from the repository root:
 
     # 1. a fixed-seed split of ../shared/data/utkface into the generator's training images and a
     #    held-out test set (symlinks + labels.csv; nothing is copied, nothing is committed)
@@ -20,8 +20,11 @@ Two steps, both from the repository root:
 
 `evaluate` runs attribute classification (gender; age group) with the linear-probe and the
 fine-tune protocol at several label counts and 3 seeds, every backbone and baseline through the
-identical protocol (`genbackbones.evaluate`), and writes one folder per target x protocol plus a
-README.md with every table under benchmarks/results/real_faces/.
+identical protocol (`genbackbones.evaluate`), and writes one folder per target x protocol under
+benchmarks/results/real_faces/, then rebuilds README.md there from every results folder (so the
+protocols may be separate commands). With `--data DIR --task segmentation|landmarks` it evaluates
+the same backbones on your own labelled faces (masks/ or landmarks.csv) into a folder named after
+the task.
 
 UTKFace is for non-commercial research only: nothing derived from it ships in the package.
 """

@@ -95,12 +95,13 @@ def test_quality_puts_real_faces_closer_to_each_other_than_a_random_generator(re
     assert report["real_vs_real"] < 0.5 * report["generated_vs_real"]  # random:tiny32 is untrained too
 
 
-def test_evaluate_writes_one_readme_for_utkface_classification_and_your_own_masks(real_faces, tmp_path):
+def test_evaluate_writes_one_readme_for_utkface_classification_and_your_own_masks(real_faces, tmp_path,
+                                                                                   tmp_path_factory):
     """Item 4: the benchmark's evaluate runs on any labelled face folder; every results folder lands in one README."""
     from .test_evaluate_backbones import make_tiny_run
     from .test_evaluate_data import write_segmentation_folder
 
-    run = make_tiny_run(tmp_path_factory_base(tmp_path))
+    run = make_tiny_run(tmp_path_factory.getbasetemp())  # shared with the evaluate tests in one session
     _utkface_like(tmp_path / "utk", 40)
     work, out = tmp_path / "work", tmp_path / "results"
     real_faces.prepare(tmp_path / "utk", work, 0.25, 0, 24, 8, Console(quiet=True))
@@ -120,7 +121,3 @@ def test_evaluate_writes_one_readme_for_utkface_classification_and_your_own_mask
 def test_evaluate_without_a_prepared_folder_is_a_one_line_error(real_faces, tmp_path, capsys):
     assert real_faces.main(["evaluate", str(tmp_path), "--work", str(tmp_path / "none")]) == 2
     assert "run `python benchmarks/real_faces.py prepare` first" in capsys.readouterr().err
-
-
-def tmp_path_factory_base(tmp_path: Path) -> Path:
-    return tmp_path.parent
