@@ -25,12 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genbackbones.backbones import backbone_mean_std, create_backbone
-from genbackbones.generators.sources import open_generator
-from genbackbones.methods.layermatch import LayerMatchModel, LayerMatchTask, choose_taps
-from genbackbones.pretrain import backbone_spec
+from genbackbones.engine.loop import _train_step, make_accelerator, seed_step
+from genbackbones.methods.layermatch import METHOD
 from genbackbones.recipes import load_recipe
-from genbackbones.training import _train_step, cosine_schedule, make_accelerator, seed_step
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -51,23 +48,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    handle = open_generator(recipe.generator.source, recipe.generator.network, seed=recipe.seed)
-    G = handle.G
-    spec = backbone_spec(recipe)
-    backbone = create_backbone(spec)
-    matches = choose_taps(G, backbone, G.img_resolution, recipe.layermatch.taps, recipe.layermatch.min_reduction)
-    cfg = recipe.layermatch
-    model = LayerMatchModel(backbone, matches, backbone_mean_std(spec, backbone), head=cfg.head,
-                            head_hidden=cfg.head_hidden, standardize=cfg.standardize, momentum=cfg.momentum)
+    recipe = load_recipe(args.recipe, args.overrides + ["train.steps=1000000", "train.log_with=none"])
+    prepared = METHOD.prepare(recipe, num_processes=1)  # what `genbackbones pretrain` builds, nothing written
+    G = prepared.handle.G
     with tempfile.TemporaryDirectory() as tmp:
         accelerator = make_accelerator(recipe.train, Path(tmp))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        scheduler = cosine_schedule(optimizer, recipe.train, 10**6)
-        task = LayerMatchTask(model, G, optimizer, scheduler, cfg, recipe.train, recipe.seed, accelerator.device)
-        task.noise_mode = recipe.generator.noise_mode
-        task.fused_modconv = fused = recipe.generator.fused_modconv
+        task = METHOD.build(prepared, recipe, accelerator)
+        model, optimizer, fused = task.model, task.optimizer, task.fused_modconv
         phases = task.phases()
         n = recipe.train.batch_size
         step_counter = iter(range(10**9))
@@ -103,12 +90,12 @@ def main() -> None:
         gen_t = statistics.median(timed(generator_forward, args.steps))
         bb_t = statistics.median(timed(backbone_fwd_bwd, args.steps))
         rec_t = statistics.median(timed(reconstruction, args.steps)) / len(core.matches)
-    floor = gen_t + bb_t + (rec_t if cfg.rec_weight > 0 else 0.0)
+    floor = gen_t + bb_t + (rec_t if recipe.method_cfg.rec_weight > 0 else 0.0)
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch_threads": torch.get_num_threads(),
-        "recipe": recipe.name, "backbone": spec.arch, "generator": handle.meta.get("source"),
+        "recipe": recipe.name, "backbone": recipe.backbone.arch, "generator": prepared.handle.meta.get("source"),
         "fused_modconv": fused,
         "resolution": G.img_resolution, "batch": n, "matches": len(core.matches),
         "step_s": round(step_t, 4), "generator_forward_s": round(gen_t, 4),

@@ -12,7 +12,7 @@ Three steps, from the repository root:
 
 `prepare` writes benchmarks/work/utkface64/:
 
-    gan/                 every training-split image (what `recipes/generators/utkface64.yaml` trains on)
+    gan/                 every training-split image (what `benchmarks/recipes/generators/utkface64.yaml` trains on)
     held_out/            every test-split image (never trains anything)
     eval/train/          a fixed-seed subset of the training split + labels.csv: the labelled pool
     eval/test/           a fixed-seed subset of the test split + labels.csv: never seen by the generator
@@ -142,7 +142,7 @@ def quality(generator: str, work: Path, n: int, net_steps: int, console: Console
     import torch
 
     from genbackbones.data.images import load_folder
-    from genbackbones.generators.sources import open_generator
+    from genbackbones.generators.open import open_generator
     from genbackbones.quality import (features_of, frechet_distance, generated_images, random_init_like,
                                       train_attribute_net_on)
 

@@ -49,7 +49,7 @@ from genbackbones.errors import UserError  # noqa: E402
 from genbackbones.evaluate.data import Labelled, Schema  # noqa: E402
 from genbackbones.evaluate.metrics import IGNORE_INDEX, confusion_matrix, mean_std, segmentation_scores  # noqa: E402
 from genbackbones.evaluate.tasks import Batches, DenseModel, SegmentationSettings  # noqa: E402
-from genbackbones.generators.sources import open_generator  # noqa: E402
+from genbackbones.generators.open import open_generator  # noqa: E402
 from genbackbones.semantics.activations import (Generated, Sampling, default_layers, generate_all,  # noqa: E402
                                                 generator_fingerprint, one_per_resolution)
 from genbackbones.semantics.annotate import (TrainSettings, new_extractor, score, stored_pairs,  # noqa: E402

@@ -13,26 +13,35 @@ user feeding [0, 1] images through timm's usual transforms sees what training sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import timm
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, require
 
 GENERATOR_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [0,1] -> [-1,1], the generator's range
 
 
-@dataclass(frozen=True)
+@dataclass
 class BackboneSpec:
-    """What to build: a timm architecture, its init, and feature options."""
+    """What to build: a timm architecture, its init, and feature options (a recipe's `backbone:` section)."""
 
     arch: str = "hrnet_w18_small"
-    init: str = "random"  # random | imagenet
+    init: Literal["random", "imagenet"] = "random"
     feature_location: str | None = None  # HRNet only: '' (default, segmentation branches) or 'incre'
     out_indices: tuple[int, ...] | None = None
     pretrained_tag: str | None = None  # e.g. 'ms_in1k'; None = timm's default tag for the arch
+
+    def check(self) -> None:
+        require(self.feature_location in (None, "", "incre"), "feature_location",
+                f"must be '' or 'incre' (HRNet only), got {self.feature_location!r}")
+
+    def with_init(self, init: str) -> "BackboneSpec":
+        """The same architecture with another init (e.g. 'random' to build it before loading weights)."""
+        return replace(self, init=init)
 
 
 def is_hrnet(arch: str) -> bool:
@@ -63,8 +72,11 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
 
 def create_pretrained(name: str, **kwargs) -> nn.Module:
     """timm's pretrained weights for `name`, or a UserError saying how to provide them offline."""
+    from .hub import cache_only_when_offline
+
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
+        with cache_only_when_offline():
+            return timm.create_model(name, pretrained=True, **kwargs)
     except Exception as err:  # no network, not in the HF cache, or no weights for this tag
         hub_id = _hub_id_for(name)
         raise UserError(
@@ -106,6 +118,25 @@ def feature_shapes(model: nn.Module, resolution: int) -> list[tuple[int, int]]:
     """(channels, spatial size) of every feature level for a square input of `resolution`."""
     info = model.feature_info
     return [(c, max(1, resolution // r)) for c, r in zip(info.channels(), info.reduction())]
+
+
+def check_resolution(backbone: nn.Module, spec: BackboneSpec, resolution: int) -> None:
+    """A backbone that cannot take the generator's images is a recipe error, not a crash mid-run."""
+    fixed = (getattr(backbone, "pretrained_cfg", {}) or {}).get("fixed_input_size")
+    size = (getattr(backbone, "pretrained_cfg", {}) or {}).get("input_size", [3, resolution, resolution])[-1]
+    if fixed and size != resolution:
+        raise UserError(f"backbone {spec.arch} needs {size}x{size} inputs but the generator makes "
+                        f"{resolution}x{resolution} images; choose a backbone without a fixed input size")
+    try:
+        with torch.no_grad():
+            backbone.eval()(torch.zeros(1, 3, resolution, resolution))
+    except Exception as err:
+        raise UserError(f"backbone {spec.arch} cannot take the generator's {resolution}x{resolution} images "
+                        f"({str(err).splitlines()[0][:120]}); use a larger generator or another backbone") from None
+    finally:
+        backbone.train()
+    if min(s for _, s in feature_shapes(backbone, resolution)) < 1:
+        raise UserError(f"generator resolution {resolution} is too small for {spec.arch}")
 
 
 def full_model_for_export(spec: BackboneSpec, features: nn.Module) -> nn.Module:

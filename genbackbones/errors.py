@@ -12,3 +12,17 @@ class UserError(Exception):
     """A problem with the user's input; the message says what and how to fix it."""
 
     exit_code = 2
+
+
+class RecipeValueError(ValueError):
+    """Raised by a recipe section's `check()`: (key within the section, what is wrong); the loader adds the file."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(key, message)
+        self.key, self.message = key, message
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """For the `check()` of a recipe section: an impossible value is named by its key."""
+    if not condition:
+        raise RecipeValueError(key, message)

@@ -1,49 +1,82 @@
 """Export a trained backbone as a timm-loadable folder: model.safetensors + config.json + README.md.
 
-The folder loads with `timm.create_model('local-dir:<folder>', pretrained=True)`
-(also `features_only=True`), and the same files pushed to the Hub load as
-`hf-hub:org/name`. `config.json` carries a *truthful* `pretrained_cfg` (the
-normalisation and input size the backbone was trained with, its licence) rather
-than the architecture's ImageNet defaults, plus our provenance under the root key
-`genbackbones` (timm ignores extra root keys).
+The contract is the one line users type, for every architecture:
+
+    timm.create_model('local-dir:<folder>', pretrained=True, features_only=True)   # or 'hf-hub:org/name'
+
+returns the *trained* backbone, and any other request fails loudly instead of
+returning untrained layers. How:
+
+* the folder is written by timm's own `save_for_hf`, so config.json follows timm's
+  conventions; its `model_args` carry the feature options the backbone was trained
+  with (`features_only`, HRNet's `feature_location=''`, `out_indices`), which timm
+  applies when it builds the model, so the plain line needs no extra argument;
+* model.safetensors holds only modules that were trained: for HRNet, the
+  features model itself (stem + branches), not timm's classification head
+  (`incre`/`downsamp`/`final_layer`), and `model_args.pretrained_strict` makes timm
+  refuse a load that would leave any module at its random initialisation;
+* after writing, the folder is loaded back through exactly that line and its
+  features must be bitwise equal to the trained module's (`verify_export`).
+
+config.json's `pretrained_cfg` is the truth about these weights (the input size
+and normalisation they were trained with, bicubic resizing as the evaluator does,
+their licence), not the architecture's ImageNet defaults; our provenance sits under
+the root key `genbackbones` (timm ignores extra root keys).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import platform
 from dataclasses import asdict
 from pathlib import Path
 
 import safetensors.torch
 import timm
 import torch
-from huggingface_hub import ModelCard, ModelCardData
+from timm.models import save_for_hf
 
-from . import __version__, atomic
-from .backbones import BackboneSpec, create_backbone, full_model_for_export, is_hrnet
+from . import atomic
+from .backbones import BackboneSpec, create_backbone, is_hrnet
+from .cards import backbone_card
 from .errors import UserError
-from .timm_cfg import pretrained_cfg_for
 
-CARDS_DIR = Path(__file__).resolve().parents[1] / "hub_cards"
-METHOD_NAMES = {"layermatch": "LayerMatch", "ghfeat": "GH-Feat"}
-METHOD_REFS = {
-    "layermatch": "Galeev et al., Learning High-Resolution Domain-Specific Representations with a GAN Generator, §3.1",
-    "ghfeat": "Xu et al., Generative Hierarchical Features from Synthesizing Images, CVPR 2021",
-}
-CITATIONS = """- LayerMatch: Galeev, Sofiiuk, Rukhovich, Romanov, Barinova, Konushin. *Learning High-Resolution Domain-Specific Representations with a GAN Generator.*
-- GH-Feat: Xu, Shen, Zhu, Yang, Zhou. *Generative Hierarchical Features from Synthesizing Images.* CVPR 2021.
-- StyleGAN2: Karras et al. *Analyzing and Improving the Image Quality of StyleGAN.* CVPR 2020."""
+LOCAL_PREFIX = "local-dir:"
 
 
-def versions() -> dict[str, str]:
-    return {"genbackbones": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
+def load_line(name: str | Path) -> str:
+    """The exact timm call for an export: a folder (-> `local-dir:<absolute path>`) or an `hf-hub:` id."""
+    text = str(name)
+    if not text.startswith(("hf-hub:", LOCAL_PREFIX)):
+        text = f"{LOCAL_PREFIX}{Path(text).resolve()}"
+    return f"timm.create_model('{text}', pretrained=True, features_only=True)"
+
+
+def pretrained_cfg_for(arch: str, input_size: int, mean, std, license: str, tag: str) -> dict:
+    """The truth about these weights; only structural fields come from timm's default cfg."""
+    default = timm.models.get_pretrained_cfg(arch.split(".")[0])
+    default = default.to_dict() if default is not None else {}
+    return {
+        "architecture": arch.split(".")[0],
+        "tag": tag,
+        "custom_load": False,
+        "input_size": [3, input_size, input_size],
+        "fixed_input_size": bool(default.get("fixed_input_size", False)),
+        "interpolation": "bicubic",  # as the evaluator and the data loaders resize (data/images.py)
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": list(mean),
+        "std": list(std),
+        "num_classes": 0,
+        "pool_size": None,
+        "first_conv": default.get("first_conv", ""),
+        "classifier": default.get("classifier", ""),
+        "license": license,
+    }
 
 
 def backbone_state_from_checkpoint(checkpoint: Path, prefix: str = "backbone.") -> dict[str, torch.Tensor]:
-    """The backbone's weights from an accelerate checkpoint (the trained model is `model.safetensors`)."""
+    """The backbone's weights from a run checkpoint (the trained model is `model.safetensors`)."""
     path = Path(checkpoint) / "model.safetensors"
     if not path.exists():
         raise UserError(f"{path} is missing; the run has no complete checkpoint to export")
@@ -55,154 +88,114 @@ def backbone_state_from_checkpoint(checkpoint: Path, prefix: str = "backbone.") 
 
 
 def export_backbone(features: torch.nn.Module, spec: BackboneSpec, out: Path, *, input_size: int, mean, std,
-                    license: str, provenance: dict, card: dict, overwrite: bool = True,
+                    license: str, provenance: dict, card: dict | None = None, overwrite: bool = True,
                     extra_files: dict[str, str] | None = None) -> Path:
-    """Write the export folder atomically and check it loads back in timm with identical features."""
-    full = full_model_for_export(spec, features)
-    cfg = {
-        "architecture": spec.arch.split(".")[0],
-        "num_classes": 0,
-        "num_features": int(getattr(full, "num_features", 0)),
-        "global_pool": "avg",
-        "pretrained_cfg": pretrained_cfg_for(spec.arch, input_size, mean, std, license, provenance["method"]),
-        "genbackbones": provenance,
-    }
+    """Write the export folder atomically and check that the plain timm line loads identical features."""
+    model, model_args = _model_to_save(features, spec)
+    model.pretrained_cfg = pretrained_cfg_for(spec.arch, input_size, mean, std, license, provenance["method"])
+    if model is features:
+        # a features-only class has no classifier; naming one makes timm load non-strictly (a num_classes
+        # mismatch drops the named classifier and turns `pretrained_strict` off)
+        model.pretrained_cfg.pop("classifier")
+    provenance = {**provenance, "feature_channels": list(features.feature_info.channels())}
+    out = Path(out)
     with atomic.directory(out, overwrite=overwrite) as tmp:
-        state = {k: v.detach().contiguous() for k, v in full.state_dict().items()}
-        safetensors.torch.save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        (tmp / "README.md").write_text(render_card(cfg, card))
+        save_for_hf(model, str(tmp), model_args=model_args, safe_serialization=True,
+                    model_config={"genbackbones": provenance})
+        config = json.loads((tmp / "config.json").read_text())
+        (tmp / "README.md").write_text(backbone_card(config, load_line(out), card))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        verify_export(tmp, features, spec, input_size)
-    return Path(out)
+        verify_export(tmp, features, input_size)
+    return out
+
+
+def _model_to_save(features: torch.nn.Module, spec: BackboneSpec) -> tuple[torch.nn.Module, dict]:
+    """The module whose state dict is the export, and the `model_args` that rebuild the trained features.
+
+    HRNet's features model is its own timm class, saved as is (only trained modules).
+    Other architectures are wrapped by timm's FeatureListNet, which has no model
+    config; their weights go into the headless model (num_classes=0), whose keys are
+    the same unless `out_indices` cut the network short (then the modules past the
+    last level were not trained and the load cannot be strict).
+    """
+    if is_hrnet(spec.arch):
+        features.num_classes = 0  # a headless feature extractor (the class keeps timm's default 1000)
+        return features, {"pretrained_strict": True}
+    full = timm.create_model(spec.arch.split(".")[0], pretrained=False, num_classes=0)
+    state = features.state_dict()
+    result = full.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"feature weights do not fit {spec.arch}: {result.unexpected_keys[:5]}")
+    model_args = {"features_only": True}
+    if spec.out_indices is not None:
+        model_args["out_indices"] = list(spec.out_indices)
+    model_args["pretrained_strict"] = not result.missing_keys
+    return full, model_args
 
 
 @torch.no_grad()
-def verify_export(folder: Path, features: torch.nn.Module, spec: BackboneSpec, input_size: int) -> None:
-    """Load the folder through timm's local-dir path and require identical features."""
-    from .backbones import feature_kwargs
-
+def verify_export(folder: Path, features: torch.nn.Module, input_size: int) -> None:
+    """Load the folder through the plain line users type and require bitwise-identical features."""
     timm_logger = logging.getLogger("timm.models._builder")
     level = timm_logger.level
-    timm_logger.setLevel(logging.ERROR)  # HRNet features_only warns about the unused head weights
+    timm_logger.setLevel(logging.ERROR)
     try:
-        loaded = timm.create_model(f"local-dir:{folder}", pretrained=True, **feature_kwargs(spec)).eval()
+        loaded = timm.create_model(f"{LOCAL_PREFIX}{folder}", pretrained=True, features_only=True).eval()
     finally:
         timm_logger.setLevel(level)
     was_training = features.training
     features.eval()
     x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     try:
-        for a, b in zip(features(x), loaded(x)):
-            if not torch.equal(a, b):
-                raise RuntimeError(f"export check failed: features differ by {(a - b).abs().max():.3e}")
+        expected, got = features(x), loaded(x)
+        if len(expected) != len(got) or not all(torch.equal(a, b) for a, b in zip(expected, got)):
+            raise RuntimeError(f"export check failed: {folder} does not load back to the trained features")
     finally:
         features.train(was_training)
 
 
-def card_data(cfg: dict, card: dict) -> ModelCardData:
-    prov = cfg["genbackbones"]
-    license = cfg["pretrained_cfg"]["license"]
-    known = license.lower() in {"apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0", "bsd-3-clause"}
-    data = dict(
-        library_name="timm",
-        pipeline_tag="image-feature-extraction",
-        license=license.lower() if known else "other",
-        tags=["genbackbones", prov["method"], "image-feature-extraction", "timm"] + card.get("tags", []),
-        eval_results=card.get("eval_results") or None,
-        model_name=card.get("model_name") or (f"{cfg['architecture']}.{prov['method']}" if card.get("eval_results")
-                                              else None),
-    )
-    if not known:
-        data["license_name"] = license.lower().replace(" ", "-")[:60] or "unknown"
-    if card.get("base_model"):
-        data["base_model"] = card["base_model"]
-    if card.get("datasets"):
-        data["datasets"] = card["datasets"]
-    return ModelCardData(**{k: v for k, v in data.items() if v is not None})
-
-
-def render_card(cfg: dict, card: dict) -> str:
-    """README.md from hub_cards/backbone.md.j2 through huggingface_hub's ModelCard."""
-    prov = cfg["genbackbones"]
-    pcfg = cfg["pretrained_cfg"]
-    arch = cfg["architecture"]
-    gen = prov.get("generator", {})
-    template = CARDS_DIR / "backbone.md.j2"
-    if not template.exists():
-        raise UserError(f"card template {template} is missing; reinstall genbackbones from its repository")
-    kwargs = dict(
-        title=card.get("title") or f"{arch} · {METHOD_NAMES.get(prov['method'], prov['method'])}",
-        arch=arch,
-        method_name=METHOD_NAMES.get(prov["method"], prov["method"]),
-        method_ref=METHOD_REFS.get(prov["method"], ""),
-        generator_desc=gen.get("description") or gen.get("source", "unknown"),
-        generator_sha256=gen.get("sha256") or "unknown",
-        init=prov.get("backbone", {}).get("init", "random"),
-        input_size=pcfg["input_size"][-1],
-        mean=tuple(pcfg["mean"]),
-        std=tuple(pcfg["std"]),
-        steps=prov.get("steps"),
-        images_per_step=prov.get("images_per_step"),
-        taps=", ".join(f"`{t}`" for t in prov.get("taps", [])) or "-",
-        compute=prov.get("compute", "-"),
-        versions=" / ".join(prov.get("versions", {}).get(k, "?") for k in ("genbackbones", "torch", "timm")),
-        has_recipe=bool(prov.get("recipe")),
-        load_name=card.get("load_name", "local-dir:<this folder>  # or hf-hub:org/name"),
-        feature_kwargs=", feature_location=''" if is_hrnet(arch) else "",
-        is_hrnet=is_hrnet(arch),
-        eval_rows=card.get("eval_rows", []),
-        limitations=card.get("limitations") or _default_limitations(gen),
-        citations=CITATIONS,
-    )
-    return str(ModelCard.from_template(card_data(cfg, card), template_path=str(template), **kwargs))
-
-
-def _default_limitations(gen: dict) -> str:
-    lines = ["- Trained only on images drawn from the generator: it inherits the generator's domain and its "
-             "biases, and is not a general-purpose feature extractor."]
-    if gen.get("trained") is False:
-        lines.append("- **The generator was randomly initialised (not trained)**: these weights demonstrate the "
-                     "pipeline and are not useful features.")
-    if gen.get("license"):
-        lines.append(f"- Licence follows the generator's: {gen['license']}.")
-    return "\n".join(lines)
-
-
 def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None) -> Path:
-    """Export the latest checkpoint of a run (LayerMatch or GH-Feat) to `<run>/export` or `out`."""
-    from .recipes import dump_recipe, load_recipe
-    from .training import latest_checkpoint
+    """Export the latest checkpoint of a run to `<run>/export` or `out`."""
+    from .engine.checkpoints import latest_checkpoint
+    from .methods import get_method
+    from .recipes import dump_recipe, load_recipe, to_dict
 
     run_dir = Path(run_dir)
     recipe_path = run_dir / "recipe.yaml"
     if not recipe_path.exists():
         raise UserError(f"{run_dir} is not a genbackbones run (no recipe.yaml); pass a run folder from `pretrain`")
     recipe = load_recipe(recipe_path)
+    method = get_method(recipe.method)
+    if not method.exports_backbone:
+        raise UserError(f"{run_dir} is a {recipe.method} run, which trains no backbone; nothing to export")
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
-        raise UserError(f"{run_dir} has no complete checkpoint yet; train it first (genbackbones pretrain --resume {run_dir})")
+        raise UserError(f"{run_dir} has no complete checkpoint yet; train it first "
+                        f"(genbackbones {method.command} --resume {run_dir})")
     run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    spec = BackboneSpec(**{k: (tuple(v) if k == "out_indices" and v is not None else v)
-                           for k, v in asdict(recipe.backbone).items()})
-    features = _features_with_random_init(spec)
+    spec = recipe.backbone
+    features = create_backbone(spec.with_init("random"))  # the architecture; the weights come from the checkpoint
     state = backbone_state_from_checkpoint(checkpoint)
     missing, unexpected = features.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {checkpoint} does not match backbone {spec.arch}: missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}")
     step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    images_per_step = run_info.get("images_per_step") or (
+        recipe.train.batch_size * recipe.train.grad_accum * run_info.get("num_processes", 1))
     provenance = {
         "method": recipe.method,
-        "recipe": json.loads(json.dumps(asdict(recipe))),
-        "backbone": asdict(recipe.backbone),
-        "generator": run_info.get("generator", {"source": recipe.generator.source}),
+        "recipe": to_dict(recipe),
+        "backbone": _plain(asdict(spec)),
+        "generator": run_info.get("generator") or {},
+        "data": _data_desc(run_info.get("data")),
         "steps": step,
-        "images_per_step": recipe.train.batch_size * recipe.train.grad_accum * run_info.get("num_processes", 1),
+        "images_per_step": images_per_step,
+        "images_seen": step * images_per_step,
         "taps": run_info.get("taps", []),
         "compute": run_info.get("compute", "-"),
-        "versions": versions(),
+        "versions": run_info.get("versions") or {},
     }
     mean_std = run_info.get("mean_std") or [[0.5] * 3, [0.5] * 3]
     license = recipe.license or provenance["generator"].get("license") or "other"
@@ -216,9 +209,16 @@ def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None)
                            extra_files={"recipe.yaml": dump_recipe(recipe)})
 
 
-def _features_with_random_init(spec: BackboneSpec) -> torch.nn.Module:
-    """The architecture without downloading anything (weights come from the checkpoint)."""
-    return create_backbone(BackboneSpec(**{**asdict(spec), "init": "random"}))
+def _data_desc(data) -> str | None:
+    """The real images a method trained on, as one phrase (methods that train on generated images have none)."""
+    if isinstance(data, dict):
+        return f"{data.get('images', '?')} images from {data.get('source', '?')}"
+    return data
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value if not isinstance(value, dict) \
+        else {k: _plain(v) for k, v in value.items()}
 
 
 def _load_evaluation(run_dir: Path) -> dict:

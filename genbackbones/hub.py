@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +26,10 @@ from pathlib import Path
 from .errors import UserError
 
 HUB_PREFIX = "hf-hub:"
-CARDS_DIR = Path(__file__).resolve().parents[1] / "hub_cards"
-GENERATOR_CARD = CARDS_DIR / "generator.md.j2"
 EVALUATION_SUFFIXES = (".json", ".png")
 # run.json keys that describe the machine a run happened on, not the weights
 MACHINE_LOCAL_KEYS = frozenset({"host", "hostname", "node", "user", "username", "pid", "cwd", "run_dir", "output",
                                 "env", "environment"})
-HUB_LICENSES = frozenset({"apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0",
-                          "cc-by-nc-sa-4.0", "openrail"})
-# the `method` tags `export` writes into cards (export.METHOD_NAMES; not imported: `list` stays free of torch)
-KNOWN_METHODS = ("layermatch", "ghfeat")
 NO_TOKEN = ("no Hugging Face token: run `hf auth login` (`huggingface-cli login` before huggingface_hub 1.0) "
             "or set HF_TOKEN")
 
@@ -82,8 +74,10 @@ class Staged:
     @property
     def load_line(self) -> str:
         if self.kind == "generator":
-            return f"genbackbones.load_generator('{HUB_PREFIX}{self.repo_id}')"
-        return f"timm.create_model('{HUB_PREFIX}{self.repo_id}', pretrained=True)"
+            return f"genbackbones.open_generator('{HUB_PREFIX}{self.repo_id}')"
+        from .export import load_line
+
+        return load_line(f"{HUB_PREFIX}{self.repo_id}")
 
 
 @dataclass
@@ -164,13 +158,13 @@ def _backbone_files(export: Path, run_dir: Path | None, repo_id: str, tags: list
 
 def _backbone_card(cfg: dict, export: Path, run_dir: Path | None, repo_id: str, tags: list[str]) -> str:
     """The export's card, rendered again for this Hub id, with the run's evaluation and zoo metadata."""
-    from .export import render_card
+    from .cards import backbone_card
+    from .export import load_line
     from .zoo import find_entry
 
     entry = find_entry(repo_id)
     eval_results, rows = _evaluation(run_dir, export)
     card = {
-        "load_name": f"{HUB_PREFIX}{repo_id}",
         "tags": list(dict.fromkeys(([entry.domain] if entry else []) + tags)),
         "datasets": list(entry.datasets) if entry and entry.datasets else None,
         "base_model": _base_model(cfg["genbackbones"].get("backbone", {})),
@@ -178,7 +172,7 @@ def _backbone_card(cfg: dict, export: Path, run_dir: Path | None, repo_id: str, 
         "eval_rows": rows,
         "model_name": repo_id.split("/")[1] if eval_results else None,  # model-index needs a name
     }
-    return render_card(cfg, {k: v for k, v in card.items() if v})
+    return backbone_card(cfg, load_line(f"{HUB_PREFIX}{repo_id}"), {k: v for k, v in card.items() if v})
 
 
 def _evaluation(run_dir: Path | None, export: Path) -> tuple[list, list[dict]]:
@@ -218,7 +212,8 @@ def _base_model(backbone: dict) -> str | None:
 
 
 def _generator_files(folder: Path, repo_id: str, tags: list[str]) -> list[RepoFile]:
-    from .generators.checkpoints import D_FILE, G_FILE, META_FILE, read_meta
+    from .cards import generator_card
+    from .generators.formats.folder import D_FILE, G_FILE, META_FILE, read_meta
 
     meta = read_meta(folder)
     if not (folder / G_FILE).is_file():
@@ -229,63 +224,8 @@ def _generator_files(folder: Path, repo_id: str, tags: list[str]) -> list[RepoFi
     files = [RepoFile(G_FILE, folder / G_FILE), _json_file(META_FILE, folder / META_FILE)]
     if (folder / D_FILE).is_file():
         files.append(RepoFile(D_FILE, folder / D_FILE))
-    files.append(RepoFile("README.md", render_generator_card(public(meta), folder, repo_id, tags).encode()))
+    files.append(RepoFile("README.md", generator_card(public(meta), folder, repo_id, tags).encode()))
     return files
-
-
-def render_generator_card(meta: dict, folder: Path, repo_id: str, tags: list[str] | None = None) -> str:
-    """README.md for a generator repo, from hub_cards/generator.md.j2 through huggingface_hub's ModelCard."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from .generators.checkpoints import D_FILE, G_FILE
-
-    if not GENERATOR_CARD.exists():
-        raise UserError(f"card template {GENERATOR_CARD} is missing; reinstall genbackbones from its repository")
-    g = meta["G_init_kwargs"]
-    license = meta["license"]
-    has_d = (folder / D_FILE).is_file()
-    data = ModelCardData(pipeline_tag="unconditional-image-generation",
-                         tags=["genbackbones", "stylegan2", "gan", *(tags or [])], **license_fields(license))
-    kwargs = dict(
-        title=f"StyleGAN2 {g.get('img_resolution')} px · {repo_id.split('/')[1]}",
-        source=meta.get("source") or "unknown", source_sha256=meta.get("source_sha256") or "unknown",
-        network=meta.get("network", "G_ema"), w_avg=meta.get("w_avg", "source"), license_text=license,
-        created_by=meta.get("created_by", "genbackbones"), resolution=g.get("img_resolution"),
-        img_channels=g.get("img_channels", 3), z_dim=g.get("z_dim"), w_dim=g.get("w_dim"), c_dim=g.get("c_dim", 0),
-        mapping_layers=(g.get("mapping_kwargs") or {}).get("num_layers", 8),
-        g_params=_millions(_count_values(folder / G_FILE)),
-        d_params=_millions(_count_values(folder / D_FILE)) if has_d else "-",
-        has_discriminator=has_d, load_name=f"{HUB_PREFIX}{repo_id}", license_note=_license_note(license),
-    )
-    return str(ModelCard.from_template(data, template_path=str(GENERATOR_CARD), **kwargs))
-
-
-def license_fields(license: str) -> dict[str, str]:
-    """Card metadata for a licence: a Hub licence id, or `other` with a slug `license_name`."""
-    slug = re.sub(r"[^a-z0-9.]+", "-", license.strip().lower()).strip("-")
-    if slug in HUB_LICENSES:
-        return {"license": slug}
-    return {"license": "other", "license_name": slug[:60] or "unknown"}
-
-
-def _license_note(license: str) -> str:
-    note = (f"The weights follow the licence of the original checkpoint: **{license}**. Backbones that genbackbones "
-            "pretrains against this generator carry the same licence in their cards.")
-    if re.search(r"(^|[^a-z])nc($|[^a-z])|non-?commercial", license.lower()):
-        note += " It allows **non-commercial** use only."
-    return note
-
-
-def _count_values(path: Path) -> int:
-    """Number of tensor values in a safetensors file, from its header alone (no torch, no full read)."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
-
-
-def _millions(n: int) -> str:
-    return f"{n / 1e6:.2f} M (parameters and buffers)"
 
 
 # ----------------------------------------------------------------------------- provenance without machine details
@@ -331,6 +271,62 @@ def _read_json(path: Path):
 
 # ----------------------------------------------------------------------------- talking to the Hub
 
+_reachable_cache: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub endpoint (HF_ENDPOINT) accepts a connection; asked once per process.
+
+    Without a network huggingface_hub retries each request for about a minute before giving up, printing
+    a line per retry; one failed connection here says the answer up front.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _reachable_cache:
+        url = urlparse(endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            _reachable_cache[endpoint] = True
+        except OSError:
+            _reachable_cache[endpoint] = False
+    return _reachable_cache[endpoint]
+
+
+@contextlib.contextmanager
+def cache_only_when_offline() -> Iterator[None]:
+    """Run a download from the Hub in huggingface_hub's offline mode when the Hub cannot be reached.
+
+    Files already in the cache then load as usual and missing ones fail at once, instead of after a minute
+    of retries that cannot succeed. huggingface_hub reads `constants.HF_HUB_OFFLINE` at each request, which
+    is what HF_HUB_OFFLINE=1 sets at import; it is restored afterwards.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+def require_hub(action: str) -> None:
+    """For commands that need the Hub itself (push, list, info of an uncached repo): fail at once without it."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"{action}: HF_HUB_OFFLINE is set; unset it to reach the Hub")
+    if not hub_reachable():
+        raise UserError(f"{action}: cannot reach the Hub at {constants.ENDPOINT} (no network?); try again with "
+                        "network access")
+
 
 def require_token() -> str:
     """The user's token from HF_TOKEN or the login cache; a UserError when there is none."""
@@ -351,6 +347,7 @@ def push(source: str | Path, repo_id: str, *, private: bool = False, revision: s
 
     token = require_token()  # before anything slow: no token, nothing to do
     staged = stage(source, repo_id, tags)
+    require_hub(f"push to {staged.repo_id}")
     branch = revision or "main"
     api = HfApi(token=token)
     message = commit_message or f"Upload {staged.kind} with genbackbones {__version__}"
@@ -369,7 +366,7 @@ def pull(spec: str, out: str | Path | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     repo_id, revision = parse_repo_spec(spec)
-    with hub_errors(f"pull {repo_id}"):
+    with hub_errors(f"pull {repo_id}"), cache_only_when_offline():
         folder = snapshot_download(repo_id, revision=revision, local_dir=str(out) if out else None)
     return Path(folder)
 
@@ -393,6 +390,7 @@ def list_repos(org: str) -> list[RepoSummary]:
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", org):
         raise UserError(f"{org!r} is not a Hub organisation or user name")
+    require_hub(f"list {org}")  # listing needs the Hub: the cache holds no organisation's repo list
     with hub_errors(f"list {org}"):
         models = list(HfApi().list_models(author=org, cardData=True))
     return [_summary(m) for m in sorted(models, key=lambda m: m.id)]
@@ -414,7 +412,9 @@ def _kind(tags: list[str], library: str | None) -> str:
 
 
 def _method(tags: list[str]) -> str:
-    return next((t for t in tags if t in KNOWN_METHODS), "-")
+    from .methods import method_names  # names only: `list` imports no torch
+
+    return next((t for t in tags if t in method_names()), "-")
 
 
 def _license_label(data) -> str:
@@ -457,7 +457,7 @@ def info(spec: str) -> RepoInfo:
 
     repo_id, revision = parse_repo_spec(spec)
     files, sha = [], revision or "main"
-    with hub_errors(f"info {repo_id}"):
+    with hub_errors(f"info {repo_id}"), cache_only_when_offline():
         try:
             model = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
             files, sha = [(s.rfilename, s.size) for s in model.siblings or []], model.sha
@@ -475,13 +475,15 @@ def info(spec: str) -> RepoInfo:
 def _repo_info(repo_id: str, sha: str, kind: str, data, config: dict, files) -> RepoInfo:
     if kind == "generator":
         generator, digest, method = config.get("source") or "-", config.get("source_sha256") or "-", "stylegan2"
-        load = f"genbackbones.load_generator('{HUB_PREFIX}{repo_id}')"
+        load = f"genbackbones.open_generator('{HUB_PREFIX}{repo_id}')"
     else:
         prov = config.get("genbackbones", {})
         gen = prov.get("generator", {})
         generator, digest = gen.get("description") or gen.get("source") or "-", gen.get("sha256") or "-"
         method = prov.get("method") or _method(list(data.tags or []))
-        load = f"timm.create_model('{HUB_PREFIX}{repo_id}', pretrained=True, features_only=True)"
+        from .export import load_line
+
+        load = load_line(f"{HUB_PREFIX}{repo_id}")
     results = [{"task": r.task_type, "dataset": r.dataset_name, "metric": r.metric_name or r.metric_type,
                 "value": r.metric_value} for r in _eval_results(data)]
     return RepoInfo(repo_id, sha, kind, method, generator, digest, _license_label(data), data.get("base_model"),

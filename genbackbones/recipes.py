@@ -1,15 +1,30 @@
 """YAML recipes -> typed, validated dataclasses.
 
 A recipe is everything a run needs to be reproduced. Loading is strict: an unknown
-key, a wrong type or malformed YAML is a `UserError` naming the key and the file,
-because a silently ignored typo (`lr_rate: 1e-3`) wastes a GPU-day. `--set a.b=v`
-overrides are parsed as YAML scalars and validated the same way; the resolved
-recipe is saved with every run.
+key, a wrong type, an impossible value (zero steps, a negative batch) or malformed
+YAML is a `UserError` naming the key and the file, because a silently ignored typo
+(`lr_rate: 1e-3`) wastes a GPU-day. `--set a.b=v` overrides are parsed as YAML
+scalars and validated the same way.
+
+A recipe has the sections every method shares (`generator`, `backbone`, `data`,
+`train`) and one section of its own method (`layermatch:`, `ghfeat:`, `gan:` ...),
+whose type the method registry (`genbackbones.methods`) provides. A method reads
+only some of the shared sections; a recipe that sets one it does not read is an
+error rather than a setting that silently does nothing, and a run saves only the
+sections its method reads (`dump_recipe`).
+
+Paths. Bundled recipes (found by name, shipped in `genbackbones/assets/recipes/`)
+are templates: their relative paths, like `--set` values, are relative to the
+current folder. In a recipe *file* you pass by path, a relative path that exists
+next to the file is taken from there, so `benchmarks/recipes/*.yaml` work from any
+folder. Local paths that exist are saved absolute in a run's recipe.yaml, so
+`--resume` works from anywhere too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,10 +33,13 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import UserError
+from .backbones import BackboneSpec
+from .errors import RecipeValueError, UserError, require
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPES_DIR = REPO_ROOT / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "assets" / "recipes"
+SHARED_SECTIONS = ("generator", "backbone", "data", "train")
+GENERATOR_KEYWORDS = ("bundled",)  # generator.source values that are not paths (nor random:/hf-hub: prefixes)
+DATA_KEYWORDS = ("faces",)
 
 
 @dataclass
@@ -34,25 +52,8 @@ class GeneratorCfg:
     noise_mode: Literal["random", "const", "none"] = "random"
     fused_modconv: bool = False  # grouped-conv modulation (NVIDIA's eval default); unfused is faster on CPU
 
-
-@dataclass
-class BackboneCfg:
-    arch: str = "hrnet_w18_small"
-    init: Literal["random", "imagenet"] = "random"
-    feature_location: str | None = None  # HRNet: '' = segmentation branches (default), 'incre'
-    out_indices: list[int] | None = None
-    pretrained_tag: str | None = None
-
-
-@dataclass
-class LayerMatchCfg:
-    taps: Union[list[str], str] = "auto"  # 'auto' = block outputs within the backbone's feature sizes
-    head: Literal["linear", "conv"] = "conv"
-    head_hidden: int = 128
-    rec_weight: float = 1.0  # lambda of L_rec
-    standardize: bool = True  # per-channel running standardisation of targets
-    momentum: float = 0.99
-    min_reduction: int = 4  # ignore backbone levels finer than this stride
+    def check(self) -> None:
+        require(math.isfinite(self.truncation_psi), "truncation_psi", f"must be a finite number, got {self.truncation_psi}")
 
 
 @dataclass
@@ -65,48 +66,9 @@ class DataCfg:
     column: str = "image"  # image column of a `datasets` dataset
     resolution: int | None = None  # default: the generator's resolution
 
-
-@dataclass
-class GanCfg:
-    """StyleGAN2 training (non-saturating logistic loss, lazy R1, optional path length, EMA)."""
-
-    preset: str = "small64"  # architecture (see generators.sources.RANDOM_PRESETS) ...
-    init_kwargs: dict | None = None  # ... or explicit Generator init kwargs (NVIDIA names)
-    r1_gamma: float = 0.05
-    r1_every: int = 16
-    pl_weight: float = 0.0  # 2.0 in NVIDIA's configs; off by default (expensive on CPU)
-    pl_every: int = 4
-    style_mixing_prob: float = 0.9
-    ema_kimg: float | None = None  # EMA half-life in thousands of images (None = batch * 10 / 32)
-    ema_rampup: float | None = 0.05
-    mbstd_group: int = 4
-    mirror: bool = False  # x-flip half the real images (NVIDIA's --mirror=1): doubles a small dataset of faces
-    sample_every: int = 500  # write a sample grid every N steps (0 = only at the end)
-
-
-@dataclass
-class GHFeatCfg:
-    """GH-Feat (paper 001): an encoder to the generator's per-layer styles, trained on real images.
-
-    Loss weights in the paper's notation: L_E = MSE + adv_weight (lambda1) * adversarial + perceptual_weight
-    (lambda2) * VGG16 conv4_3 distance; D: logistic loss + R1. `r1_gamma` follows NVIDIA's convention (penalty
-    times gamma/2), so gamma = 10 (official code) is the paper's lambda3 = 5. The learning rate (train.lr,
-    Adam with train.betas) is multiplied by `lr_decay` every `lr_decay_every` steps; train.schedule and
-    train.warmup_steps are not used by this method.
-    """
-
-    perceptual: Literal["vgg16", "none"] = "vgg16"  # 'none' must be explicit: no silent random VGG
-    perceptual_weight: float = 5.0e-5  # lambda2 (paper and official code)
-    adv_weight: float = 0.1  # lambda1 (paper 0.1; official code 0.08)
-    r1_gamma: float = 10.0  # R1 gamma (= 2 * paper lambda3; official 10)
-    r1_every: int = 16  # lazy R1: every N steps, scaled by N (0 = off)
-    lr_decay: float = 0.8
-    lr_decay_every: int = 0  # 0 = train.steps // 4 (official code)
-    fpn_channels: int = 512  # width of the FPN / Spatial Alignment maps (paper 512)
-    pool_size: int = 4  # each level is pooled to pool_size x pool_size before its FC (paper 4)
-    noise_mode: Literal["const", "random", "none"] = "const"  # generator noise while reconstructing
-    style_samples: int = 2048  # mapped latents for the per-layer style mean / std the encoder is centred on
-    mbstd_group: int = 4  # minibatch-stddev group of a fresh discriminator (generator without D)
+    def check(self) -> None:
+        require(self.count >= 0, "count", f"must be >= 0 (0 = all), got {self.count}")
+        require(self.resolution is None or self.resolution >= 1, "resolution", f"must be >= 1, got {self.resolution}")
 
 
 @dataclass
@@ -124,58 +86,129 @@ class TrainCfg:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
+    log_with: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"  # Accelerate trackers
     num_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
+
+    def check(self) -> None:
+        for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+                f"must be two numbers in [0, 1), got {self.betas}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.keep_checkpoints >= 0, "keep_checkpoints", f"must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
+                f"must be > 0 (or null for none), got {self.max_grad_norm}")
+        require(self.num_threads is None or self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")
 
 
 @dataclass
 class Recipe:
     name: str = "quickstart"
     description: str = ""
-    method: Literal["layermatch", "stylegan2", "ghfeat"] = "layermatch"
+    method: str = "layermatch"  # a name from `genbackbones.methods` (layermatch, ghfeat, stylegan2, ...)
     seed: int = 0
     generator: GeneratorCfg = field(default_factory=GeneratorCfg)
-    backbone: BackboneCfg = field(default_factory=BackboneCfg)
-    layermatch: LayerMatchCfg = field(default_factory=LayerMatchCfg)
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
     data: DataCfg = field(default_factory=DataCfg)
-    gan: GanCfg = field(default_factory=GanCfg)
-    ghfeat: GHFeatCfg = field(default_factory=GHFeatCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     license: str | None = None  # licence of the exported weights (defaults to the generator's)
+    method_cfg: Any = None  # the method's own section, typed by the method (e.g. LayerMatchConfig)
+
+    def __post_init__(self) -> None:
+        if self.method_cfg is None:  # `Recipe(method="ghfeat")` is complete: its section takes its defaults
+            from .methods import get_method
+
+            config = get_method(self.method).config
+            self.method_cfg = config() if config is not None else None
+
+    def check(self) -> None:
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def resolve_recipe_path(name_or_path: str | None) -> Path:
-    """A path, or a name under recipes/ ('quickstart', 'layermatch/hrnet_w18-ffhq256')."""
+def resolve_recipe_path(name_or_path: str | None) -> tuple[Path, bool]:
+    """A path, or a bundled recipe name ('quickstart', 'layermatch/hrnet_w18-ffhq256'); and whether it is bundled."""
     if name_or_path is None:
         name_or_path = "quickstart"
     p = Path(name_or_path)
-    if p.exists():
-        return p
+    if p.is_file():
+        return p, False
     for candidate in (RECIPES_DIR / name_or_path, RECIPES_DIR / f"{name_or_path}.yaml"):
         if candidate.is_file():
-            return candidate
+            return candidate, True
+    if p.exists():
+        raise UserError(f"recipe {name_or_path!r} is a folder; give a YAML file or a name from `genbackbones recipes`")
     raise UserError(f"recipe {name_or_path!r} not found; give a YAML path or a name from `genbackbones recipes`")
 
 
 def list_recipes() -> list[Path]:
+    """The bundled recipes."""
     return sorted(RECIPES_DIR.rglob("*.yaml")) if RECIPES_DIR.exists() else []
+
+
+def bundled_name(path: Path) -> str:
+    """'layermatch/hrnet_w18-ffhq256' for a bundled recipe file."""
+    return str(Path(path).resolve().relative_to(RECIPES_DIR).with_suffix(""))
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; unreadable, binary or malformed files are a one-line UserError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file (not UTF-8); give a YAML recipe") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror}); check the path and permissions") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise UserError(f"{path}{where}: malformed YAML ({problem}); fix the syntax") from None
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe (no argument = the quickstart)."""
-    path = resolve_recipe_path(None if path is None else str(path))
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{where}: malformed YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    path, bundled = resolve_recipe_path(None if path is None else str(path))
+    data = read_yaml(path)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    if not bundled:
+        _resolve_paths_next_to(data, Path(path).resolve().parent)
     apply_overrides(data, overrides or [])
-    return from_dict(Recipe, data, str(path))
+    return from_data(data, str(path))
+
+
+def from_data(data: dict, source: str) -> Recipe:
+    """A typed recipe from a plain mapping (a parsed YAML file with its overrides applied)."""
+    from .methods import get_method  # the registry knows each method's own section
+
+    data = dict(data)
+    method_name = data.get("method", Recipe.method)
+    if not isinstance(method_name, str):
+        raise UserError(f"{source}: 'method' must be a method name, got {method_name!r}")
+    method = get_method(method_name, source)
+    own = data.pop(method.section, None) if method.section else None
+    unused = [k for k in SHARED_SECTIONS if k in data and k not in method.uses]
+    if unused:
+        raise UserError(f"{source}: method {method_name} does not read the '{unused[0]}' section; remove it "
+                        f"(it reads: {', '.join(method.uses)}{', ' + method.section if method.section else ''})")
+    if "method_cfg" in data:
+        raise UserError(f"{source}: unknown recipe key 'method_cfg'")
+    recipe = from_dict(Recipe, data, source, extra_hint=method.section)
+    if method.config is not None:
+        if own is not None and not isinstance(own, dict):
+            raise UserError(f"{source}: '{method.section}' must be a section (mapping), got {own!r}")
+        recipe.method_cfg = from_dict(method.config, own or {}, source, f"{method.section}.")
+    _make_paths_absolute(recipe)
+    return recipe
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> None:
@@ -197,18 +230,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> None:
         node[parts[-1]] = value
 
 
-def from_dict(cls: type, data: dict, source: str, where: str = "") -> Any:
-    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
+def from_dict(cls: type, data: dict, source: str, where: str = "", extra_hint: str | None = None) -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys, wrong types and impossible values."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - {"method_cfg"}
     unknown = [k for k in data if k not in names]
     if unknown:
         key = f"{where}{unknown[0]}"
-        raise UserError(f"{source}: unknown recipe key '{key}'; valid keys here: {', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, source, f"{where}{name}")
-    return cls(**kwargs)
+        valid = sorted(names | ({extra_hint} if extra_hint else set()))
+        raise UserError(f"{source}: unknown recipe key '{key}'; valid keys here: {', '.join(valid)}")
+    kwargs = {name: _coerce(hints[name], value, source, f"{where}{name}") for name, value in data.items()}
+    obj = cls(**kwargs)
+    if hasattr(obj, "check"):
+        try:
+            obj.check()
+        except RecipeValueError as err:
+            raise UserError(f"{source}: '{where}{err.key}' {err.message}") from None
+    return obj
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
@@ -235,11 +273,12 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         if value not in allowed:
             raise UserError(f"{source}: '{key}' must be one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
+    if origin in (list, tuple):
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
             raise UserError(f"{source}: '{key}' must be a list, got {value!r}")
-        return [_coerce(item_tp, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(item_tp, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):
@@ -254,8 +293,59 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     raise UserError(f"{source}: '{key}' must be {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
+# ----------------------------------------------------------------------------- paths
+
+
+def _is_local_path(section: str, value: Any) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    if section == "generator":
+        return value not in GENERATOR_KEYWORDS and not value.startswith(("random:", "hf-hub:"))
+    return value not in DATA_KEYWORDS
+
+
+def _resolve_paths_next_to(data: dict, folder: Path) -> None:
+    """Relative paths in a recipe file that exist next to the file are taken from there."""
+    for section in ("generator", "data"):
+        node = data.get(section)
+        if isinstance(node, dict) and _is_local_path(section, node.get("source")):
+            candidate = folder / node["source"]
+            if not Path(node["source"]).is_absolute() and candidate.exists():
+                node["source"] = str(candidate.resolve())
+
+
+def _make_paths_absolute(recipe: Recipe) -> None:
+    """Local sources that exist (relative to the current folder) become absolute: a run can resume anywhere."""
+    for section, cfg in (("generator", recipe.generator), ("data", recipe.data)):
+        if _is_local_path(section, cfg.source) and Path(cfg.source).exists():
+            cfg.source = str(Path(cfg.source).resolve())
+
+
+# ----------------------------------------------------------------------------- saving
+
+
 def to_dict(recipe: Recipe) -> dict:
-    return dataclasses.asdict(recipe)
+    """The sections the recipe's method reads, as plain YAML-able data (tuples as lists)."""
+    from .methods import get_method
+
+    method = get_method(recipe.method)
+    data: dict[str, Any] = {"name": recipe.name, "description": recipe.description, "method": recipe.method,
+                            "seed": recipe.seed}
+    for section in SHARED_SECTIONS:
+        if section in method.uses:
+            data[section] = _plain(dataclasses.asdict(getattr(recipe, section)))
+    if method.section and recipe.method_cfg is not None:
+        data[method.section] = _plain(dataclasses.asdict(recipe.method_cfg))
+    data["license"] = recipe.license
+    return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -1,27 +1,20 @@
-"""The model zoo: the backbones genbackbones publishes, as timm pretrained tags.
+"""The model zoo: the backbones genbackbones publishes, under timm-native names.
 
 `zoo.yaml` lists each published (or coming) backbone: its timm architecture and tag, its Hub repo, how
-it was trained and what it scored. `register_zoo()` makes every entry that is not `planned` a timm
-pretrained tag, so that
+it was trained and what it scored. Each entry's Hub repo is named like timm names pretrained weights,
+`genbackbones/<arch>.<tag>`, and a published entry loads with timm alone, no genbackbones import:
 
-    timm.create_model("hrnet_w18_small.layermatch_faces64", pretrained=True)
+    timm.create_model('hf-hub:genbackbones/hrnet_w18_small.layermatch_faces64', pretrained=True,
+                      features_only=True)
 
-resolves to `hf-hub:genbackbones/hrnet_w18_small.layermatch_faces64` like any timm weight, online or from
-the offline HF cache.
-
-`import genbackbones` must stay fast (no torch), but registering needs timm's registry, and importing timm
-costs seconds. So `register_zoo()` only installs a one-shot import hook when timm has not been imported
-yet: the entries are registered the moment `import timm` finishes, before any `create_model` call can
-ask for them.
+Nothing is added to timm's own registry: timm has no public call that adds a pretrained tag to an
+existing architecture (`register_model` replaces the architecture and its ImageNet tags), and writing its
+private tables breaks silently when timm changes them. So `timm.list_pretrained()` never lists an entry
+whose weights do not exist, and `genbackbones zoo` prints the line to use for the ones that do.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
-import sys
-import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,18 +52,29 @@ class ZooEntry:
         return f"{self.arch}.{self.tag}"
 
     @property
-    def registered(self) -> bool:
-        return self.status != "planned"
+    def loadable(self) -> bool:
+        """Weights exist on the Hub (only published entries)."""
+        return self.status == "published"
+
+    @property
+    def load_line(self) -> str:
+        """The timm call for a published entry (what `genbackbones zoo` prints), '-' otherwise."""
+        if not self.loadable:
+            return "-"
+        from .export import load_line
+
+        return load_line(f"hf-hub:{self.repo}")
 
     @property
     def license_label(self) -> str:
         return self.license_name if self.license == "other" and self.license_name else self.license
 
 
-def load_zoo(path: Path = ZOO_FILE) -> list[ZooEntry]:
-    """Read and check zoo.yaml; a broken file is a UserError naming the entry and the key."""
+def load_zoo(path: Path | None = None) -> list[ZooEntry]:
+    """Read and check zoo.yaml (the packaged one by default); a broken file is a UserError naming the entry and key."""
     import yaml
 
+    path = path or ZOO_FILE
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -95,11 +99,13 @@ def _entry(item: dict, index: int, path: Path) -> ZooEntry:
         raise UserError(f"{where}: status must be one of {', '.join(STATUSES)}, got {item['status']!r}")
     if str(item["repo"]).count("/") != 1:
         raise UserError(f"{where}: repo must be a Hub id org/name, got {item['repo']!r}")
+    if str(item["repo"]).split("/")[1] != f"{item['arch']}.{item['tag']}":
+        raise UserError(f"{where}: the repo must be named like the timm name, <org>/{item['arch']}.{item['tag']}")
     if item["license"] == "other" and not item.get("license_name"):
         raise UserError(f"{where}: license 'other' needs a license_name")
     results = tuple(item.get("results") or ())
-    if item["status"] == "planned" and results:
-        raise UserError(f"{where}: a planned entry has no weights, so it cannot have results")
+    if item["status"] != "published" and results:
+        raise UserError(f"{where}: an entry that is not published has no weights, so it cannot have results")
     for result in results:
         if not isinstance(result, dict) or any(k not in result for k in RESULT_KEYS):
             raise UserError(f"{where}: each result needs {', '.join(RESULT_KEYS)}")
@@ -111,98 +117,3 @@ def _entry(item: dict, index: int, path: Path) -> ZooEntry:
 def find_entry(repo_id: str, entries: list[ZooEntry] | None = None) -> ZooEntry | None:
     """The zoo entry published at this Hub repo, if any (push uses it for the card's tags)."""
     return next((e for e in (entries if entries is not None else load_zoo()) if e.repo == repo_id), None)
-
-
-# ----------------------------------------------------------------------------- timm registration
-
-
-def pretrained_cfg(entry: ZooEntry):
-    """The timm PretrainedCfg of an entry: the same truthful cfg `export` writes into config.json."""
-    from timm.models import PretrainedCfg
-
-    from .timm_cfg import pretrained_cfg_for
-
-    cfg = pretrained_cfg_for(entry.arch, entry.input_size, entry.mean, entry.std, entry.license_label, entry.tag)
-    for key in ("input_size", "mean", "std"):
-        cfg[key] = tuple(cfg[key])
-    return PretrainedCfg(**cfg, hf_hub_id=entry.repo, architecture=entry.arch,
-                         description=f"{entry.method} against {entry.generator}",
-                         origin_url=f"https://huggingface.co/{entry.repo}")
-
-
-def register_entries(entries: list[ZooEntry] | None = None) -> list[str]:
-    """Add the entries to timm's registry now (timm must be importable); returns the names added.
-
-    timm has no public call that adds a pretrained tag to an existing architecture (`register_model`
-    would replace the architecture itself), so this fills the same registry tables that `register_model`
-    fills for a tag: arch.tag -> cfg, the arch's tag list and default cfg, and the has-weights set.
-    """
-    from timm.models import _registry as registry
-
-    added = []
-    for entry in entries if entries is not None else load_zoo():
-        if not entry.registered:
-            continue
-        if not registry.is_model(entry.arch):
-            warnings.warn(f"genbackbones zoo: this timm has no architecture {entry.arch}; {entry.name} is not "
-                          "registered (upgrade timm)")
-            continue
-        cfg = pretrained_cfg(entry)
-        registry._model_pretrained_cfgs[entry.name] = cfg
-        registry._model_has_pretrained.add(entry.name)
-        if entry.name not in registry._model_with_tags[entry.arch]:
-            registry._model_with_tags[entry.arch].append(entry.name)
-        default = registry._model_default_cfgs.get(entry.arch)
-        if default is not None:
-            default.cfgs[entry.tag] = cfg
-            if entry.tag not in default.tags:
-                default.tags.append(entry.tag)  # appended: the architecture's default weights stay the default
-        added.append(entry.name)
-    return added
-
-
-_lock = threading.Lock()
-_done = False
-
-
-def register_zoo() -> None:
-    """Register the zoo with timm now if timm is imported, else right after `import timm` finishes.
-
-    Cheap and safe to call at `import genbackbones`: no torch, no network, and a broken zoo only warns.
-    """
-    if "timm" in sys.modules and hasattr(sys.modules["timm"], "create_model"):
-        _register_once()
-    elif not any(isinstance(f, _AfterTimmImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterTimmImport())
-
-
-def _register_once() -> None:
-    global _done
-    with _lock:
-        if _done:
-            return
-        _done = True
-    try:
-        register_entries()
-    except Exception as err:  # never break `import timm` for users because of the zoo
-        warnings.warn(f"genbackbones zoo not registered with timm: {err}")
-
-
-class _AfterTimmImport(importlib.abc.MetaPathFinder):
-    """Finds `timm` like the normal finders do, and runs the registration once its import completes."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != "timm":
-            return None
-        sys.meta_path.remove(self)  # one-shot; the normal finders locate timm below
-        spec = importlib.util.find_spec("timm")
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        original = spec.loader.exec_module
-
-        def exec_module(module):
-            original(module)
-            _register_once()
-
-        spec.loader.exec_module = exec_module  # this spec's own loader instance only
-        return spec

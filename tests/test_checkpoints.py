@@ -1,4 +1,4 @@
-"""Our folder format, `load_generator` dispatch, `convert`, the hf-hub: path, and the CLI commands."""
+"""Our folder format, `open_generator` dispatch, `convert`, the hf-hub: path, and the CLI commands."""
 
 from __future__ import annotations
 
@@ -16,17 +16,18 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from genbackbones.cli_generator import app, generate_images
+from genbackbones.cli import app
 from genbackbones.errors import UserError
-from genbackbones.generators.checkpoints import (
+from genbackbones.generators.formats.folder import (
     D_FILE,
     FORMAT,
     G_FILE,
     META_FILE,
     Provenance,
-    load_generator,
     save_generator,
 )
+from genbackbones.generators.open import open_generator
+from genbackbones.generators.sampling import generate_images
 
 from .conftest import FIXTURE_VARIANTS, FIXTURES, load_fixture
 from .test_nvidia_pickle import tiny_nets, tiny_pickle, write_nvidia_pickle
@@ -63,7 +64,7 @@ def images(G, n=4, seed=0):
 
 def test_convert_then_load_is_bit_identical(nvidia_pkl, tmp_path):
     out = tmp_path / "generators" / "ffhq"
-    result = runner.invoke(app, ["convert", str(nvidia_pkl), str(out), "--license", "Nvidia Source Code License-NC"])
+    result = runner.invoke(app, ["generator", "convert", str(nvidia_pkl), str(out), "--license", "Nvidia Source Code License-NC"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted([META_FILE, G_FILE, D_FILE])
     meta = json.loads((out / META_FILE).read_text())
@@ -73,7 +74,7 @@ def test_convert_then_load_is_bit_identical(nvidia_pkl, tmp_path):
     assert meta["w_avg"] == "source" and meta["D_init_kwargs"] is not None
     assert meta["created_by"].startswith("genbackbones ")
 
-    direct, folder = load_generator(nvidia_pkl), load_generator(out)
+    direct, folder = open_generator(nvidia_pkl), open_generator(out)
     assert torch.equal(images(folder.G), images(direct.G))
     img = images(direct.G, n=4)
     c = direct.G.sample_labels(4, generator=torch.Generator().manual_seed(1))
@@ -85,28 +86,28 @@ def test_convert_then_load_is_bit_identical(nvidia_pkl, tmp_path):
 
 def test_convert_non_ema_generator(nvidia_pkl, tmp_path):
     out = tmp_path / "g"
-    assert runner.invoke(app, ["convert", str(nvidia_pkl), str(out), "--network", "G"]).exit_code == 0
+    assert runner.invoke(app, ["generator", "convert", str(nvidia_pkl), str(out), "--network", "G"]).exit_code == 0
     assert json.loads((out / META_FILE).read_text())["network"] == "G"
-    assert torch.equal(images(load_generator(out, network=None).G), images(load_generator(nvidia_pkl, "G").G))
+    assert torch.equal(images(open_generator(out, network=None).G), images(open_generator(nvidia_pkl, "G").G))
     with pytest.raises(UserError, match="holds the checkpoint's G, not G_ema"):
-        load_generator(out)  # the default asks for G_ema: refuse to hand over G silently
+        open_generator(out)  # the default asks for G_ema: refuse to hand over G silently
 
 
 def test_network_choice_is_checked(nvidia_pkl, tmp_path):
-    result = runner.invoke(app, ["convert", str(nvidia_pkl), str(tmp_path / "d"), "--network", "D"])
+    result = runner.invoke(app, ["generator", "convert", str(nvidia_pkl), str(tmp_path / "d"), "--network", "D"])
     assert result.exit_code == 2 and "network (--network) must be one of G_ema, G" in result.stderr
 
 
 def test_convert_refuses_to_overwrite_and_keeps_the_old_folder(nvidia_pkl, tmp_path):
     out = tmp_path / "gen"
-    assert runner.invoke(app, ["convert", str(nvidia_pkl), str(out)]).exit_code == 0
+    assert runner.invoke(app, ["generator", "convert", str(nvidia_pkl), str(out)]).exit_code == 0
     (out / "note.txt").write_text("keep me")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    result = runner.invoke(app, ["convert", str(nvidia_pkl), str(out), "--network", "G"])
+    result = runner.invoke(app, ["generator", "convert", str(nvidia_pkl), str(out), "--network", "G"])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: {out} already exists; pass --overwrite to replace it"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    result = runner.invoke(app, ["convert", str(nvidia_pkl), str(out), "--network", "G", "--overwrite"])
+    result = runner.invoke(app, ["generator", "convert", str(nvidia_pkl), str(out), "--network", "G", "--overwrite"])
     assert result.exit_code == 0, result.output
     assert not (out / "note.txt").exists() and json.loads((out / META_FILE).read_text())["network"] == "G"
     assert [p.name for p in tmp_path.iterdir()] == ["gen"]  # no temporary leftovers
@@ -125,32 +126,32 @@ def test_truncated_safetensors_is_a_user_error(tiny_folder):
     path = tiny_folder / G_FILE
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(UserError, match=rf"{G_FILE} is truncated or corrupt .* re-download it"):
-        load_generator(tiny_folder)
+        open_generator(tiny_folder)
 
 
 def test_missing_files_and_bad_json_are_user_errors(tiny_folder, tmp_path):
     (tiny_folder / D_FILE).unlink()
     with pytest.raises(UserError, match=rf"{D_FILE} is missing"):
-        load_generator(tiny_folder)
+        open_generator(tiny_folder)
     (tiny_folder / META_FILE).write_text("{not json")
     with pytest.raises(UserError, match=rf"{META_FILE} is not valid JSON"):
-        load_generator(tiny_folder)
+        open_generator(tiny_folder)
     (tiny_folder / META_FILE).write_text(json.dumps({"format": "something/9"}))
     with pytest.raises(UserError, match="has format 'something/9', expected 'genbackbones.generator/1'"):
-        load_generator(tiny_folder)
+        open_generator(tiny_folder)
     (tiny_folder / META_FILE).unlink()
     with pytest.raises(UserError, match="is not a genbackbones generator folder"):
-        load_generator(tiny_folder)
+        open_generator(tiny_folder)
     with pytest.raises(UserError, match="no such file or folder"):
-        load_generator(tmp_path / "nope.pkl")
+        open_generator(tmp_path / "nope.pkl")
     with pytest.raises(UserError, match="part of a generator folder; pass the folder"):
-        load_generator(tiny_folder / G_FILE)
+        open_generator(tiny_folder / G_FILE)
 
 
 def test_nvidia_pickle_with_a_torch_suffix_gets_a_hint(tmp_path):
     path = tiny_pickle(tmp_path / "network.pt")
     with pytest.raises(UserError, match="network.pt looks like an NVIDIA network pickle"):
-        load_generator(path)
+        open_generator(path)
 
 
 def test_kwargs_that_do_not_fit_the_weights_are_user_errors(tiny_folder):
@@ -158,11 +159,11 @@ def test_kwargs_that_do_not_fit_the_weights_are_user_errors(tiny_folder):
     meta["G_init_kwargs"]["synthesis_kwargs"]["channel_max"] = 8
     (tiny_folder / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(UserError, match=r"weights do not match the architecture \(wrong shape: "):
-        load_generator(tiny_folder)
+        open_generator(tiny_folder)
     meta["G_init_kwargs"]["synthesis_kwargs"] = {"no_such_argument": 1}
     (tiny_folder / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(UserError, match="cannot build a StyleGAN2 Generator from its recorded arguments"):
-        load_generator(tiny_folder)
+        open_generator(tiny_folder)
 
 
 # ----------------------------------------------------------------------------- hf-hub: from a local cache, offline
@@ -171,11 +172,11 @@ HUB_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     from safetensors.torch import save_file
     from genbackbones.errors import UserError
-    from genbackbones.generators.checkpoints import load_generator
+    from genbackbones.generators.open import open_generator
     out = {}
     for spec in sys.argv[2:]:
         try:
-            loaded = load_generator(spec)
+            loaded = open_generator(spec)
         except UserError as err:
             out[spec] = str(err)
             continue
@@ -211,7 +212,7 @@ def test_hf_hub_loads_offline_from_a_prepopulated_cache(tiny_folder, tmp_path):
 
     z = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = load_generator(tiny_folder).G(z, None, noise_mode="const")
+        expected = open_generator(tiny_folder).G(z, None, noise_mode="const")
     assert torch.equal(load_file(f"{result_file}.safetensors")["img"], expected)
 
 
@@ -219,27 +220,27 @@ def test_hf_hub_loads_offline_from_a_prepopulated_cache(tiny_folder, tmp_path):
 
 
 def test_info_lists_taps_styles_and_provenance(tiny_folder):
-    result = runner.invoke(app, ["info", str(tiny_folder), "--json"])
+    result = runner.invoke(app, ["generator", "info", str(tiny_folder), "--json"])
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)
     assert facts["resolution"] == 8 and facts["z_dim"] == 16 and facts["num_ws"] == 4
     assert facts["discriminator"].startswith("yes") and facts["source_sha256"] == "0" * 64
     assert {t["name"] for t in facts["taps"]} >= {"synthesis.b4.x", "synthesis.b8.x", "synthesis.b8.conv0"}
     assert facts["style_dims"]["synthesis.b8.conv0"] == 16
-    table = runner.invoke(app, ["info", str(tiny_folder)])
+    table = runner.invoke(app, ["generator", "info", str(tiny_folder)])
     assert table.exit_code == 0 and "synthesis.b8.conv1" in table.stdout
     assert f"source sha256: {'0' * 64}\n" in table.stdout
 
 
 def test_sample_grid_is_reproducible_and_saves_seeds(tiny_folder, tmp_path):
     out = tmp_path / "samples" / "grid.png"
-    args = ["sample", str(tiny_folder), "--n", "5", "--seed", "7", "--truncation", "0.7", "--out", str(out)]
+    args = ["generator", "sample", str(tiny_folder), "--n", "5", "--seed", "7", "--truncation", "0.7", "--out", str(out)]
     assert runner.invoke(app, [*args, "--save-seeds"]).exit_code == 0
     grid = np.asarray(Image.open(out))
     assert grid.shape == (2 * 8, 3 * 8, 3)  # 5 images in a 3-column grid
     index = json.loads((out.parent / "seeds.json").read_text())
     assert [e["seed"] for e in index["images"]] == [7, 8, 9, 10, 11] and index["truncation_psi"] == 0.7
-    G = load_generator(tiny_folder).G
+    G = open_generator(tiny_folder).G
     for entry in index["images"]:
         tile = np.asarray(Image.open(out.parent / entry["file"]))
         r, c = entry["row"], entry["col"]
@@ -251,5 +252,5 @@ def test_sample_grid_is_reproducible_and_saves_seeds(tiny_folder, tmp_path):
 
 
 def test_sample_reports_user_errors(tiny_folder, tmp_path):
-    result = runner.invoke(app, ["sample", str(tiny_folder), "--class-idx", "3", "--out", str(tmp_path / "g.png")])
+    result = runner.invoke(app, ["generator", "sample", str(tiny_folder), "--class-idx", "3", "--out", str(tmp_path / "g.png")])
     assert result.exit_code == 2 and result.stderr.startswith("error: --class-idx 3 does not fit")

@@ -37,7 +37,7 @@ def make_tiny_run(base: Path) -> Path:
     run = base / "evaluate-tiny-run"
     if (run / "export" / "config.json").exists():
         return run
-    from genbackbones.pretrain import pretrain
+    from genbackbones import pretrain
     from genbackbones.recipes import load_recipe
 
     recipe = load_recipe(None, ["generator.source=random:tiny32", "backbone.arch=resnet18", "train.steps=2",

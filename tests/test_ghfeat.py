@@ -19,13 +19,15 @@ from typer.testing import CliRunner
 
 from genbackbones.errors import UserError
 from genbackbones.export import backbone_state_from_checkpoint
-from genbackbones.generators.sources import open_generator
+from genbackbones.generators.open import open_generator
 from genbackbones.generators.stylegan2 import Generator
-from genbackbones.ghfeat import (build_encoder, extract_features, load_run, mix, parse_levels, pretrain_ghfeat,
-                                 read_images, reconstruct, ssim)
-from genbackbones.methods.ghfeat import split_layers, style_levels, style_statistics
+from genbackbones.engine.runs import train
+from genbackbones.methods.ghfeat import build_encoder
+from genbackbones.methods.ghfeat.model import split_layers, style_levels, style_statistics
+from genbackbones.methods.ghfeat.use import extract_features, load_run, mix, parse_levels, read_images, reconstruct, ssim
 from genbackbones.recipes import Recipe, load_recipe
-from genbackbones.training import latest_checkpoint, read_metrics
+from genbackbones.engine.checkpoints import latest_checkpoint
+from genbackbones.engine.loop import read_metrics
 
 from .conftest import FIXTURES
 
@@ -58,7 +60,7 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("ghfeat")
-    return pretrain_ghfeat(tiny_recipe(tmp), output=tmp / "run")
+    return train(tiny_recipe(tmp), output=tmp / "run")
 
 
 # ----------------------------------------------------------------------------- encoder and generator
@@ -72,7 +74,7 @@ def _fixture_generators() -> list[tuple[str, dict]]:
 
 def _encoder_for(G: Generator) -> torch.nn.Module:
     recipe = Recipe(method="ghfeat")
-    recipe.backbone.arch, recipe.ghfeat.fpn_channels = "resnet18", 16
+    recipe.backbone.arch, recipe.method_cfg.fpn_channels = "resnet18", 16
     return build_encoder(recipe, G, style_statistics(G, 64, 0)).eval()
 
 
@@ -198,11 +200,11 @@ def test_exported_trunk_loads_in_timm_with_identical_features(tiny_run):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    straight = pretrain_ghfeat(tiny_recipe(tmp_path, "train.steps=4", "train.checkpoint_every=2"),
+    straight = train(tiny_recipe(tmp_path, "train.steps=4", "train.checkpoint_every=2"),
                                output=tmp_path / "straight", export=False)
-    half = pretrain_ghfeat(tiny_recipe(tmp_path, "train.steps=2", "train.checkpoint_every=2"),
+    half = train(tiny_recipe(tmp_path, "train.steps=2", "train.checkpoint_every=2"),
                            output=tmp_path / "half", export=False)
-    resumed = pretrain_ghfeat(resume=half, steps=4, export=False)
+    resumed = train(resume=half, steps=4, export=False)
     assert json.loads((resumed / "run.json").read_text())["resumed_from_step"] == 2
     for name in ("model", "D"):
         a = safetensors.torch.load_file(latest_checkpoint(straight) / f"{name}.safetensors")
@@ -231,13 +233,9 @@ def test_mix_and_features(tiny_run, tmp_path):
 
 
 def _app():
-    """The top-level app with the GH-Feat commands (mounted there by cli._mount_subcommands)."""
-    import typer
+    """The `genbackbones` command itself."""
+    from genbackbones.cli import app
 
-    from genbackbones import ghfeat_cli
-
-    app = typer.Typer()
-    ghfeat_cli.register(app)
     return app
 
 
@@ -252,10 +250,12 @@ def test_reconstruct_command_prints_scores_and_fails_in_one_line(tiny_run, tmp_p
 
 
 def test_ghfeat_commands_are_mounted_on_the_cli():
+    import typer.main
+
     from genbackbones.cli import app
 
-    names = {c.name for c in app.registered_commands}
-    assert {"reconstruct", "mix", "features"} <= names, "add 'genbackbones.ghfeat_cli' to cli._mount_subcommands"
+    names = set(typer.main.get_command(app).commands)
+    assert {"reconstruct", "mix", "features"} <= names, "mount genbackbones.cli.ghfeat in genbackbones/cli/__init__.py"
 
 
 # ----------------------------------------------------------------------------- VGG16 perceptual network
@@ -302,7 +302,7 @@ def test_vgg_weights_from_the_hf_cache_give_conv4_3_features(tmp_path):
     torch.save({"x": x, "expected": expected}, tmp_path / "io.pt")
     script = textwrap.dedent(f"""
         import torch
-        from genbackbones.perceptual import VGGConv4_3, perceptual_distance
+        from genbackbones.methods.ghfeat.perceptual import VGGConv4_3, perceptual_distance
         io = torch.load({str(tmp_path / 'io.pt')!r})
         net = VGGConv4_3()
         got = net(io["x"])

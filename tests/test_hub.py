@@ -23,7 +23,7 @@ from huggingface_hub import EvalResult, ModelCard
 from PIL import Image
 
 from genbackbones.errors import UserError
-from genbackbones.generators.checkpoints import D_FILE, G_FILE, META_FILE, Provenance, load_folder, save_generator
+from genbackbones.generators.formats.folder import D_FILE, G_FILE, META_FILE, Provenance, load_folder, save_generator
 from genbackbones.hub import hub_errors, public, stage
 
 from .hub_server import HubServer, validate_metadata
@@ -51,7 +51,7 @@ def hf_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A 2-step resnet18 run (exported), made with the planted token in the environment, plus evaluation files."""
-    from genbackbones.pretrain import pretrain
+    from genbackbones import pretrain
     from genbackbones.recipes import load_recipe
 
     out = tmp_path_factory.mktemp("runs") / "run"
@@ -131,7 +131,8 @@ def test_dry_run_sends_nothing(run_dir, hub, hf_home):
     for name in ("model.safetensors", "config.json", "README.md", "recipe.yaml", "run.json",
                  "evaluation/model_index.json", "evaluation/curve.png", " MB"):
         assert name in proc.stdout
-    assert f'timm.create_model("hf-hub:{REPO}", pretrained=True, features_only=True)' in proc.stdout
+    line = f"timm.create_model('hf-hub:{REPO}', pretrained=True, features_only=True)"
+    assert f"After the push: {line}" in proc.stdout and f"model = {line}" in proc.stdout  # printed and in the card
     assert "library_name: timm" in proc.stdout
 
 
@@ -256,7 +257,7 @@ def test_unreachable_hub_is_one_line(run_dir, hf_home):
         port = s.getsockname()[1]
     proc = cli("push", run_dir, "--repo-id", REPO, env=hub_env(f"http://127.0.0.1:{port}", hf_home))
     assert proc.returncode == 2
-    assert len(error_lines(proc)) == 1 and "lost the connection to the Hub" in proc.stderr
+    assert len(error_lines(proc)) == 1 and "cannot reach the Hub" in proc.stderr
 
 
 def test_bad_repo_id_and_bad_folder(run_dir, tmp_path):
@@ -311,12 +312,12 @@ def test_generator_push_to_a_branch_carries_its_licence(hub, hf_home, tmp_path):
         assert files[name] == (folder / name).read_bytes()
     card = ModelCard(files["README.md"].decode())
     assert card.data.license == "other" and card.data.license_name == "nvidia-source-code-license-nc"
-    assert "non-commercial" in card.text and 'load_generator("hf-hub:org/tiny-gen")' in card.text
+    assert "non-commercial" in card.text and 'open_generator("hf-hub:org/tiny-gen")' in card.text
     assert validate_metadata(str(card)) == ([], [])
 
     proc = cli("info", "org/tiny-gen@v1", env=env)
     assert proc.returncode == 0, proc.stderr
-    for text in ("generator", "network-snapshot.pkl", "nvidia-source-code-license-nc", "load_generator"):
+    for text in ("generator", "network-snapshot.pkl", "nvidia-source-code-license-nc", "open_generator"):
         assert text in proc.stdout, text
 
     out = tmp_path / "pulled"

@@ -26,10 +26,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from genbackbones.cli_generator import app
+from genbackbones.cli import app
 from genbackbones.errors import UserError
-from genbackbones.generators.checkpoints import load_generator
-from genbackbones.generators.nvidia_pickle import (
+from genbackbones.generators.open import open_generator
+from genbackbones.generators.formats.nvidia_pickle import (
     PersistentRecord,
     flatten_state,
     network_from_record,
@@ -235,7 +235,7 @@ def test_hostile_nested_tensor_blob_is_refused(tmp_path):
 def test_module_src_is_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     path = tiny_pickle(tmp_path / "network.pkl", module_src=marker_src(marker))
-    loaded = load_generator(path)
+    loaded = open_generator(path)
     assert loaded.G is not None and loaded.D is not None
     assert not marker.exists()
 
@@ -246,7 +246,7 @@ def test_cli_refuses_hostile_pickle_with_one_line_and_exit_2(tmp_path, kind):
     data, global_name = hostile_payloads(marker)[kind]
     path = tmp_path / "network.pkl"
     path.write_bytes(data)
-    result = CliRunner().invoke(app, ["convert", str(path), str(tmp_path / "out")])
+    result = CliRunner().invoke(app, ["generator", "convert", str(path), str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     message = result.stderr.strip()
     assert message.startswith(f"error: refused to load global {global_name} from network.pkl")
@@ -259,7 +259,7 @@ def test_cli_subprocess_refuses_hostile_pickle(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "network.pkl"
     path.write_bytes(call_pickle("os", "system", f"touch {marker}"))
-    code = "import sys; from genbackbones.cli_generator import app; app(sys.argv[1:])"
+    code = "import sys; from genbackbones.cli import app; app(['generator', *sys.argv[1:]])"
     proc = subprocess.run([sys.executable, "-c", code, "info", str(path)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
@@ -370,10 +370,10 @@ def test_fixture_pickle_reproduces_nvidia_outputs(tmp_path, fixture_dir, variant
     e = fx["expected"]
     z, c = e["z"], e.get("c")
     with torch.no_grad():
-        ema = load_generator(path, network="G_ema")
+        ema = open_generator(path, network="G_ema")
         assert_close_to_reference("img_psi1", ema.G(z, c, truncation_psi=1, noise_mode="const"), e["img_psi1"])
         assert_close_to_reference("D_logits_psi1", ema.D(e["img_psi1"], c), e["D_logits_psi1"])
-        G = load_generator(path, network="G").G
+        G = open_generator(path, network="G").G
         assert_close_to_reference("G_img_psi1", G(z, c, truncation_psi=1, noise_mode="const"), e["G_img_psi1"])
     assert ema.meta["network"] == "G_ema" and ema.meta["w_avg"] == "source"
     assert not any(p.requires_grad for p in ema.G.parameters()) and not ema.G.training
@@ -395,6 +395,6 @@ def test_restricted_loader_reads_tensor_blobs_like_torch(tmp_path):
     pickle.dump({"t": t}, buf, protocol=3)
     path = tmp_path / "t.pkl"
     path.write_bytes(buf.getvalue())
-    from genbackbones.generators.nvidia_pickle import load_pickle
+    from genbackbones.generators.formats.nvidia_pickle import load_pickle
 
     assert torch.equal(load_pickle(path)["t"], t)

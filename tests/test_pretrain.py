@@ -17,9 +17,10 @@ import timm
 import torch
 
 from genbackbones.export import backbone_state_from_checkpoint
-from genbackbones.pretrain import pretrain
+from genbackbones import pretrain
 from genbackbones.recipes import load_recipe
-from genbackbones.training import STOP_AFTER_ENV, latest_checkpoint, read_metrics
+from genbackbones.engine.checkpoints import latest_checkpoint
+from genbackbones.engine.loop import STOP_AFTER_ENV, read_metrics
 
 TINY = textwrap.dedent("""
     name: tiny
@@ -72,12 +73,14 @@ def test_export_loads_in_timm_local_dir_with_identical_features(quickstart_run):
     assert cfg["genbackbones"]["method"] == "layermatch" and cfg["genbackbones"]["generator"]["sha256"]
     x = torch.randn(2, 3, 64, 64)
     trained = _trained_features(quickstart_run, "hrnet_w18_small", feature_location="")
-    loaded = timm.create_model(f"local-dir:{export}", pretrained=True, features_only=True, feature_location="").eval()
-    for a, b in zip(trained(x), loaded(x)):
+    loaded = timm.create_model(f"local-dir:{export}", pretrained=True, features_only=True).eval()  # the plain line
+    assert loaded.feature_info.channels() == trained.feature_info.channels() == [64, 16, 32, 64, 128]
+    for a, b in zip(trained(x), loaded(x), strict=True):
         assert torch.equal(a, b)
-    full = timm.create_model(f"local-dir:{export}", pretrained=True).eval()
-    assert full(x).shape == (2, cfg["num_features"])
-    assert timm.data.resolve_data_config({}, model=full)["mean"]  in ((0.5, 0.5, 0.5), [0.5, 0.5, 0.5])
+    assert timm.data.resolve_data_config({}, model=loaded)["mean"] in ((0.5, 0.5, 0.5), [0.5, 0.5, 0.5])
+    # the untrained classification head is not in the export: asking for it fails instead of loading random layers
+    with pytest.raises(RuntimeError, match="incre_modules"):
+        timm.create_model(f"local-dir:{export}", pretrained=True, features_only=True, feature_location="incre")
 
 
 def test_export_loads_through_offline_hf_hub_cache(quickstart_run, tmp_path):
@@ -97,11 +100,11 @@ def test_export_loads_through_offline_hf_hub_cache(quickstart_run, tmp_path):
         import torch, timm
         x = torch.ones(1, 3, 64, 64)
         m = timm.create_model('hf-hub:genbackbones-test/hrnet_w18_small.layermatch', pretrained=True,
-                              features_only=True, feature_location='').eval()
+                              features_only=True).eval()
         with torch.no_grad():
             got = m(x)
         ref = torch.load({str(tmp_path / 'expected.pt')!r})
-        assert all(torch.equal(a, b) for a, b in zip(got, ref)), 'features differ'
+        assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(got, ref)), 'features differ'
         print('ok')
     """)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from genbackbones.generators.sources import open_generator
+from genbackbones.generators.open import open_generator
 from genbackbones.quality import frechet_distance, quality_report, random_init_like
 
 

@@ -50,7 +50,7 @@ def test_malformed_yaml_names_the_line(tmp_path):
 
 def test_overrides_are_typed_and_validated():
     r = load_recipe(None, ["train.steps=7", "train.lr=1e-4", "backbone.arch=resnet18", "layermatch.taps=[synthesis.b8.x]"])
-    assert (r.train.steps, r.train.lr, r.backbone.arch, r.layermatch.taps) == (7, 1e-4, "resnet18", ["synthesis.b8.x"])
+    assert (r.train.steps, r.train.lr, r.backbone.arch, r.method_cfg.taps) == (7, 1e-4, "resnet18", ["synthesis.b8.x"])
     with pytest.raises(UserError, match="unknown recipe key 'train.stepz'"):
         load_recipe(None, ["train.stepz=3"])
     with pytest.raises(UserError, match="key=value"):

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from genbackbones.cli_generator import app
+from genbackbones.cli import app
 from genbackbones.errors import UserError
-from genbackbones.generators.checkpoints import load_generator
-from genbackbones.generators.rosinality import W_AVG_SAMPLES, read_rosinality_checkpoint
+from genbackbones.generators.open import open_generator
+from genbackbones.generators.formats.rosinality import W_AVG_SAMPLES, read_rosinality_checkpoint
 
 SIZE, LATENT, N_MLP = 16, 32, 3
 CHANNELS = {4: 64, 8: 64, 16: 32}
@@ -238,7 +238,7 @@ def assert_close(got, ref, rel=1e-5):
 
 @pytest.fixture(scope="module")
 def converted(ckpts):
-    return load_generator(ckpts["converted"])
+    return open_generator(ckpts["converted"])
 
 
 def test_shapes_and_kwargs_are_inferred(converted):
@@ -285,7 +285,7 @@ def test_whole_generator_matches_rosinality_formula(ckpts, converted):
 
 @torch.no_grad()
 def test_training_checkpoint_with_args_g_and_d(ckpts):
-    loaded = load_generator(ckpts["training"], network="G")
+    loaded = open_generator(ckpts["training"], network="G")
     z = torch.randn(2, LATENT, generator=torch.Generator().manual_seed(4))
     assert_close(loaded.G(z, None, noise_mode="const"), ros_generator(ckpts["g"], z))
     img = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
@@ -331,12 +331,12 @@ def test_hostile_torch_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"g_ema": {}, "args": Evil(marker)}, path)
     with pytest.raises(UserError, match=r"refused to load global \w+\.system from evil\.pt"):
-        load_generator(path)
+        open_generator(path)
     assert not marker.exists()
     path2 = tmp_path / "evil2.pt"
     path2.write_bytes(pickle.dumps(Evil(marker)))  # legacy (non-zip) torch format is a pickle too
     with pytest.raises(UserError, match="refused to load global|truncated or not a torch checkpoint"):
-        load_generator(path2)
+        open_generator(path2)
     assert not marker.exists()
 
 
@@ -345,15 +345,15 @@ def test_truncated_checkpoint_is_a_user_error(ckpts, tmp_path):
     path = tmp_path / "cut.pt"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match=r"cut\.pt is truncated or not a torch checkpoint"):
-        load_generator(path)
+        open_generator(path)
 
 
 @torch.no_grad()
 def test_convert_rosinality_then_load_is_identical(ckpts, tmp_path):
     out = tmp_path / "gen"
-    result = CliRunner().invoke(app, ["convert", str(ckpts["training"]), str(out)])
+    result = CliRunner().invoke(app, ["generator", "convert", str(ckpts["training"]), str(out)])
     assert result.exit_code == 0, result.output
-    folder, direct = load_generator(out), load_generator(ckpts["training"])
+    folder, direct = open_generator(out), open_generator(ckpts["training"])
     z = torch.randn(2, LATENT, generator=torch.Generator().manual_seed(6))
     assert torch.equal(folder.G(z, None, noise_mode="const"), direct.G(z, None, noise_mode="const"))
     assert folder.D is not None and folder.meta["w_avg"] == direct.meta["w_avg"]

@@ -18,9 +18,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from genbackbones.cli import app
-from genbackbones.cli_generator import generate_images, write_seed_files
+from genbackbones.generators.sampling import generate_images, write_seed_files
 from genbackbones.errors import UserError
-from genbackbones.generators.sources import open_generator
+from genbackbones.generators.open import open_generator
 from genbackbones.semantics import synthesize as synth_module
 from genbackbones.semantics.activations import (Sampling, concatenated, default_layers, generate, generate_all,
                                                 generator_fingerprint, one_per_resolution, parse_layers)
@@ -50,7 +50,7 @@ def nvidia_folder(tmp_path_factory) -> Path:
     """The NVIDIA fixture generator, converted to our format (what `generator convert` writes)."""
     from safetensors.torch import load_file
 
-    from genbackbones.generators.checkpoints import Provenance, save_generator
+    from genbackbones.generators.formats.folder import Provenance, save_generator
     from genbackbones.generators.stylegan2 import Generator
 
     path = FIXTURES / "small_skip"

@@ -11,8 +11,9 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from genbackbones.generators.sources import open_generator
-from genbackbones.training import STOP_AFTER_ENV, latest_checkpoint, read_metrics
+from genbackbones.generators.open import open_generator
+from genbackbones.engine.checkpoints import latest_checkpoint
+from genbackbones.engine.loop import STOP_AFTER_ENV, read_metrics
 
 from .test_pretrain import run_cli
 
@@ -79,7 +80,7 @@ def test_mirror_flips_about_half_of_each_batch_deterministically():
     from types import SimpleNamespace
 
     from genbackbones.data.images import TensorImages
-    from genbackbones.methods.gan import StyleGAN2Task
+    from genbackbones.methods.stylegan2 import StyleGAN2Task
 
     images = torch.arange(8 * 3 * 4 * 4, dtype=torch.uint8).reshape(8, 3, 4, 4)
     task = StyleGAN2Task.__new__(StyleGAN2Task)

@@ -8,11 +8,12 @@ from a substituted activation, and synthesis from per-layer styles. StyleGAN2
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from .stylegan2 import SynthesisTrace, TapSpec
+from .stylegan2 import Discriminator, Generator, SynthesisTrace, TapSpec
 
 
 @runtime_checkable
@@ -50,3 +51,34 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+@dataclass
+class GeneratorHandle:
+    """A frozen generator (eval mode, no gradients), its discriminator if the source has one, and provenance.
+
+    `meta` is `generator.json`-style: source, source_sha256 / sha256, network, license, w_avg, ...
+    Every source kind (`generators.open.open_generator`) returns this one type.
+    """
+
+    G: Generator
+    D: Discriminator | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str | None:
+        """The original checkpoint's sha256 when imported, else that of the weights themselves."""
+        return self.meta.get("source_sha256") or self.meta.get("sha256")
+
+    @property
+    def license(self) -> str | None:
+        return self.meta.get("license")
+
+    def describe(self) -> dict:
+        """Provenance as run.json and model cards record it."""
+        trained = self.meta.get("trained", True)
+        source = self.meta.get("source")
+        desc = self.meta.get("description") or (
+            f"randomly initialised StyleGAN2 ({source}, untrained)" if not trained else source)
+        return {"source": source, "sha256": self.sha256, "license": self.license, "trained": trained,
+                "description": desc, "resolution": self.G.img_resolution, "network": self.meta.get("network")}

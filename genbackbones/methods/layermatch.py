@@ -20,15 +20,21 @@ predicts standardised values and is un-standardised before substitution.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from ..backbones import InputNormalizer, feature_shapes
-from ..errors import UserError
-from ..generators.base import FrozenGenerator
+from ..backbones import (InputNormalizer, backbone_mean_std, check_resolution, create_backbone, feature_shapes,
+                         is_hrnet)
+from ..engine.loop import Phase, cosine_schedule
+from ..errors import UserError, require
+from ..generators.base import FrozenGenerator, GeneratorHandle
+from ..generators.open import open_generator
+from . import Method
 
 
 @dataclass(frozen=True)
@@ -198,7 +204,7 @@ def layermatch_loss(model: LayerMatchModel, generator: FrozenGenerator, z: torch
     with torch.no_grad():
         trace = generator.trace(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode,
                                 fused_modconv=fused_modconv)
-    core = getattr(model, "module", model)  # unwrap DDP
+    core = extract_model_from_parallel(model)
     if update_statistics and core.training:
         core.update_statistics(trace.taps)
     preds = model(trace.img)
@@ -218,16 +224,15 @@ class LayerMatchTask:
     """LayerMatch bound to a generator, a model and an optimiser: one phase for the loop."""
 
     def __init__(self, model: nn.Module, generator: FrozenGenerator, optimizer: torch.optim.Optimizer,
-                 scheduler, cfg, train_cfg, seed: int, device: torch.device):
+                 scheduler, cfg: LayerMatchConfig, train_cfg, seed: int, device: torch.device,
+                 truncation_psi: float = 1.0, noise_mode: str = "random", fused_modconv: bool = False):
         self.model, self.generator, self.optimizer, self.scheduler = model, generator, optimizer, scheduler
         self.cfg, self.train_cfg, self.seed, self.device = cfg, train_cfg, seed, device
         self.images_per_step = train_cfg.batch_size * train_cfg.grad_accum
-        self.truncation_psi = 1.0
-        self.noise_mode = "random"
-        self.fused_modconv = False
+        self.truncation_psi, self.noise_mode, self.fused_modconv = truncation_psi, noise_mode, fused_modconv
 
     def _loss(self, step: int, micro: int) -> dict[str, torch.Tensor]:
-        core = getattr(self.model, "module", self.model)
+        core = extract_model_from_parallel(self.model)
         n = self.train_cfg.batch_size
         z = self.generator.sample_latents(n, device=self.device)
         c = self.generator.sample_labels(n, device=self.device)
@@ -237,9 +242,7 @@ class LayerMatchTask:
                               fused_modconv=self.fused_modconv)
         return {"loss": out.total, "match": out.match.detach(), "rec": out.rec.detach()}
 
-    def phases(self):
-        from ..training import Phase
-
+    def phases(self) -> list[Phase]:
         return [Phase("layermatch", self.optimizer, self._loss, [p for p in self.model.parameters()],
                       self.scheduler, grad_accum=self.train_cfg.grad_accum)]
 
@@ -252,7 +255,7 @@ class LayerMatchTask:
     @torch.no_grad()
     def sample_images(self, n: int = 8, seed: int = 12345) -> dict[str, torch.Tensor]:
         """Generated images and, per matched tap, the reconstruction from the predicted activation."""
-        core = getattr(self.model, "module", self.model)
+        core = extract_model_from_parallel(self.model)
         was_training = core.training
         core.eval()
         g = torch.Generator().manual_seed(seed)
@@ -267,3 +270,97 @@ class LayerMatchTask:
                 trace, m.tap, core.to_activation(m.tap, preds[m.key].float()))
         core.train(was_training)
         return rows
+
+
+# ----------------------------------------------------------------------------- the method
+
+
+@dataclass
+class LayerMatchConfig:
+    """The `layermatch:` section of a recipe."""
+
+    taps: Union[list[str], str] = "auto"  # 'auto' = block outputs within the backbone's feature sizes
+    head: Literal["linear", "conv"] = "conv"
+    head_hidden: int = 128
+    rec_weight: float = 1.0  # lambda of L_rec
+    standardize: bool = True  # per-channel running standardisation of targets
+    momentum: float = 0.99
+    min_reduction: int = 4  # ignore backbone levels finer than this stride
+
+    def check(self) -> None:
+        require(self.taps == "auto" or isinstance(self.taps, list), "taps", "must be 'auto' or a list of tap names")
+        require(self.head_hidden >= 1, "head_hidden", f"must be >= 1, got {self.head_hidden}")
+        require(self.rec_weight >= 0, "rec_weight", f"must be >= 0, got {self.rec_weight}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.min_reduction >= 1, "min_reduction", f"must be >= 1, got {self.min_reduction}")
+
+
+@dataclass
+class LayerMatchInputs:
+    """What `prepare` built: the generator, the backbone and its pairing with the generator's taps."""
+
+    handle: GeneratorHandle
+    backbone: nn.Module
+    matches: list[TapMatch]
+    mean_std: tuple
+    find_unused_parameters: bool
+
+
+class LayerMatch(Method):
+    name = "layermatch"
+    section = "layermatch"
+    config = LayerMatchConfig
+    uses = ("generator", "backbone", "train")
+    display_name = "LayerMatch"
+    reference = ("Galeev et al., Learning High-Resolution Domain-Specific Representations with a GAN "
+                 "Generator, §3.1")
+    card_summary = ("learned to predict the activations of a frozen StyleGAN2 generator from the images it draws, "
+                    "plus a reconstruction loss through the generator")
+    bibtex = """@inproceedings{galeev2020layermatch,
+  title     = {Learning High-Resolution Domain-Specific Representations with a {GAN} Generator},
+  author    = {Galeev, Danil and Sofiiuk, Konstantin and Rukhovich, Danila and Romanov, Mikhail and
+               Barinova, Olga and Konushin, Anton},
+  booktitle = {Structural, Syntactic, and Statistical Pattern Recognition (S+SSPR)},
+  year      = {2021}
+}"""
+
+    def prepare(self, recipe, num_processes: int) -> LayerMatchInputs:
+        handle = open_generator(recipe.generator.source, recipe.generator.network, seed=recipe.seed)
+        G = handle.G
+        if is_hrnet(recipe.backbone.arch) and recipe.backbone.feature_location is None:
+            recipe.backbone = replace(recipe.backbone, feature_location="")  # resolved: what the run trains
+        torch.manual_seed(recipe.seed)
+        backbone = create_backbone(recipe.backbone)
+        check_resolution(backbone, recipe.backbone, G.img_resolution)
+        cfg = recipe.method_cfg
+        matches = choose_taps(G, backbone, G.img_resolution, cfg.taps, cfg.min_reduction)
+        all_levels = {i for i, r in enumerate(backbone.feature_info.reduction()) if r >= cfg.min_reduction}
+        return LayerMatchInputs(handle, backbone, matches, backbone_mean_std(recipe.backbone, backbone),
+                                find_unused_parameters=bool(all_levels - {m.level for m in matches}))
+
+    def build(self, prepared: LayerMatchInputs, recipe, accelerator) -> LayerMatchTask:
+        cfg, train = recipe.method_cfg, recipe.train
+        model = LayerMatchModel(prepared.backbone, prepared.matches, prepared.mean_std, head=cfg.head,
+                                head_hidden=cfg.head_hidden, standardize=cfg.standardize, momentum=cfg.momentum)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=tuple(train.betas),
+                                      weight_decay=train.weight_decay)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        scheduler = cosine_schedule(optimizer, train, train.steps)
+        G = prepared.handle.G.to(accelerator.device)
+        gen = recipe.generator
+        return LayerMatchTask(model, G, optimizer, scheduler, cfg, train, recipe.seed, accelerator.device,
+                              truncation_psi=gen.truncation_psi, noise_mode=gen.noise_mode,
+                              fused_modconv=gen.fused_modconv)
+
+    def describe(self, prepared: LayerMatchInputs, recipe) -> dict:
+        return {"generator": prepared.handle.describe(), "taps": sorted({m.tap for m in prepared.matches}),
+                "matches": [f"{m.tap} <- level {m.level}" for m in prepared.matches],
+                "resolution": prepared.handle.G.img_resolution,
+                "mean_std": [list(prepared.mean_std[0]), list(prepared.mean_std[1])]}
+
+    def banner(self, prepared: LayerMatchInputs, recipe) -> str:
+        b = recipe.backbone
+        return f"{b.arch} ({b.init} init)  ·  generator {prepared.handle.describe()['description']}"
+
+
+METHOD = LayerMatch()

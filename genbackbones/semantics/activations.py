@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..cli_generator import class_labels, nvidia_uint8, seeded_latents
+from ..generators.sampling import class_labels, nvidia_uint8, seeded_latents
 from ..errors import UserError
 
 LAYER_KINDS = ("conv0", "conv1")

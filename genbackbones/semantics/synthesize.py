@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .. import atomic
-from ..cli_generator import png_bytes
+from ..data.grids import png_bytes
 from ..errors import UserError
 from .activations import Sampling, check_sampling, generate, generator_fingerprint
 from .extractors import Extractor, check_compatible

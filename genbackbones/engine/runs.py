@@ -1,0 +1,184 @@
+"""The one run skeleton: every training command (pretrain, train-generator, any method) goes through `train`.
+
+    reopen or choose the run folder -> the method validates and builds its inputs ->
+    accelerator -> recipe.yaml -> the method builds its task -> resume -> run.json ->
+    the loop -> samples.png -> the method's finish -> export -> run.json
+
+Everything that can be wrong with the user's input is checked by the method's
+`prepare` before the run folder is created, so bad input leaves nothing behind.
+A run folder always means the same thing:
+
+    recipe.yaml        the fully resolved recipe, only the sections its method reads
+    run.json           status (running, interrupted, failed, trained, exported), provenance, timings, versions
+    metrics.jsonl      every step's losses, learning rates and throughput
+    logs/              the trackers' files (TensorBoard by default)
+    checkpoints/       the latest states (resume from the last one)
+    samples.png        the method's sample grid (also sent to the trackers)
+    export/            the timm-loadable backbone, for methods that train one
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import timm
+import torch
+from rich.console import Console
+
+from .. import __version__, atomic
+from ..data.grids import grid_image, save_png
+from ..errors import UserError
+from ..methods import Method, get_method
+from ..recipes import Recipe, dump_recipe, load_recipe, to_dict
+from .checkpoints import latest_checkpoint, load_checkpoint
+from .loop import log_image, make_accelerator, run_loop, tracker_config
+
+RUN_STATUSES = ("running", "interrupted", "failed", "trained", "exported")
+
+
+def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path | None = None,
+          console: Console | None = None, export: bool = True, steps: int | None = None,
+          command: str | None = None) -> Path:
+    """Run (or resume) the recipe's method; returns the run folder.
+
+    `command` is the CLI command that asked (`pretrain`, `train-generator`): a recipe
+    for a method that another command runs is refused with a pointer to it.
+    """
+    console = console or Console(stderr=True)
+    if recipe is None and resume is None:
+        raise UserError("give a recipe or a run folder to resume")
+    recipe, run_dir = (recipe, None) if resume is None else reopen(resume, steps)
+    method = get_method(recipe.method)
+    if command is not None and method.command != command:
+        raise UserError(f"{recipe.method} recipes run with `genbackbones {method.command}`, not `{command}`")
+
+    # -- validate and build everything before anything is written --------------
+    num_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    prepared = method.prepare(recipe, num_processes)
+    previous = _read_run_info(run_dir) if run_dir is not None else {}
+    checkpoint = None
+    if run_dir is None:
+        run_dir = new_run_dir(recipe, output)
+    else:
+        checkpoint = latest_checkpoint(run_dir)
+    accelerator = make_accelerator(recipe.train, run_dir, prepared.find_unused_parameters)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers("logs", config=tracker_config(to_dict(recipe)))
+
+    task = method.build(prepared, recipe, accelerator)
+    start = load_checkpoint(checkpoint, task.state_objects(), accelerator.device) if checkpoint is not None else 0
+    info = {
+        "status": "running", "method": recipe.method, **method.describe(prepared, recipe),
+        "images_per_step": task.images_per_step * accelerator.num_processes,
+        "num_processes": accelerator.num_processes, "device": str(accelerator.device),
+        "mixed_precision": recipe.train.mixed_precision, "versions": versions(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed_from_step": start,
+    }
+    write_run_info(accelerator, run_dir, info)
+    if accelerator.is_main_process:
+        console.print(f"[bold]run[/] {run_dir}  ·  {recipe.method}  ·  {method.banner(prepared, recipe)}",
+                      highlight=False, soft_wrap=True)
+        if start:
+            console.print(f"resuming from step {start} ({checkpoint})", highlight=False, soft_wrap=True)
+        if previous.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
+            console.print(f"[yellow]note:[/] this run was started with {previous['num_processes']} process(es) and "
+                          f"continues with {accelerator.num_processes}: the recipe's resolved values are kept, the "
+                          "global batch changes and the result is no longer bit-identical to one run",
+                          soft_wrap=True)
+
+    t0 = time.perf_counter()
+    try:
+        run_loop(accelerator, task, recipe.train, recipe.seed, run_dir, start_step=start, description=recipe.method,
+                 console=console, hooks=method.hooks(task, recipe, run_dir, accelerator))
+    except BaseException as err:
+        interrupted = isinstance(err, KeyboardInterrupt)
+        last = latest_checkpoint(run_dir)
+        info.update(status="interrupted" if interrupted else "failed",
+                    last_checkpoint_step=json.loads((last / "trainer_state.json").read_text())["step"] if last else 0,
+                    stopped=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        if not interrupted:
+            info["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        write_run_info(accelerator, run_dir, info)
+        if interrupted and accelerator.is_main_process:
+            console.print(f"[yellow]interrupted[/]: {run_dir} is kept at its last checkpoint (step "
+                          f"{info['last_checkpoint_step']}); continue it with `genbackbones {method.command} "
+                          f"--resume {run_dir}`", highlight=False, soft_wrap=True)
+        raise
+    seconds = time.perf_counter() - t0
+
+    if accelerator.is_main_process:
+        grid = grid_image(task.sample_images(), scale=2)
+        save_png(grid, run_dir / "samples.png")
+        log_image(accelerator, "samples", grid, recipe.train.steps)
+        extra = method.finish(task, prepared, recipe, run_dir)
+        info.update(status="trained", train_seconds=round(seconds, 1), steps=recipe.train.steps,
+                    images_seen=recipe.train.steps * info["images_per_step"],
+                    compute=f"{accelerator.num_processes} x {accelerator.device.type}, "
+                            f"{seconds / 60:.1f} min for steps {start}-{recipe.train.steps}", **extra)
+        write_run_info(accelerator, run_dir, info)
+        if export and method.exports_backbone:
+            from ..export import export_run
+
+            export_run(run_dir)
+            info["status"] = "exported"
+            write_run_info(accelerator, run_dir, info)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run_dir
+
+
+def reopen(run_dir: Path, steps: int | None) -> tuple[Recipe, Path]:
+    """The saved recipe of a run folder (with `steps` as the new total), to resume it."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").exists():
+        raise UserError(f"{run_dir} is not a run folder (no recipe.yaml); pass the folder a training command printed")
+    recipe = load_recipe(run_dir / "recipe.yaml", [f"train.steps={steps}"] if steps else [])
+    done = latest_checkpoint(run_dir)
+    if done is not None and steps is not None:
+        step = json.loads((done / "trainer_state.json").read_text())["step"]
+        if steps < step:
+            raise UserError(f"--steps {steps} is below the {step} steps {run_dir} has already trained")
+    return recipe, run_dir
+
+
+def new_run_dir(recipe: Recipe, output: Path | None) -> Path:
+    if output is not None:
+        output = Path(output)
+        if output.exists() and (not output.is_dir() or any(output.iterdir())):
+            raise UserError(f"{output} already exists and is not an empty folder; pick another --output or "
+                            f"continue it with --resume {output}")
+        return output
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{recipe.name}-{stamp}"
+
+
+def write_run_info(accelerator, run_dir: Path, info: dict) -> None:
+    if accelerator.is_main_process:
+        atomic.write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+
+
+def _read_run_info(run_dir: Path) -> dict:
+    path = Path(run_dir) / "run.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded with every run and export."""
+    return {"genbackbones": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version()}
+
+
+def method_of(run_dir: Path) -> Method:
+    """The method of a run folder, from its recipe (for commands that take a run)."""
+    return get_method(load_recipe(Path(run_dir) / "recipe.yaml").method)

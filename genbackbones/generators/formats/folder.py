@@ -1,0 +1,179 @@
+"""Our generator format: a folder (a Hugging Face Hub repo can hold the same files).
+
+    generator.json              what to build and where it came from (see `build_meta`)
+    generator.safetensors       the generator's state dict, NVIDIA key names
+    discriminator.safetensors   the discriminator's state dict, only if there is one
+
+The discriminator sits in its own file so that the common case (a frozen generator)
+reads only the generator's weights, and `generator.safetensors` is exactly
+`G.state_dict()`. safetensors holds only tensors, so loading our format, like
+loading the imported formats (nvidia_pickle.py, rosinality.py), runs no code from
+the file. Every source kind is opened through `generators.open.open_generator`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ... import atomic
+from ...errors import UserError
+from ..base import GeneratorHandle
+from ..stylegan2 import Discriminator, Generator
+from .nvidia_pickle import to_plain
+
+FORMAT = "genbackbones.generator/1"
+META_FILE = "generator.json"
+G_FILE = "generator.safetensors"
+D_FILE = "discriminator.safetensors"
+
+
+@dataclass
+class Provenance:
+    """Where a generator came from; recorded in `generator.json` and later in model cards."""
+
+    source: str | None = None  # file name or hf-hub id of the original checkpoint
+    source_sha256: str | None = None  # sha256 of that file
+    network: str = "G_ema"  # which generator of the checkpoint this is
+    license: str | None = None  # e.g. NVIDIA's FFHQ models: "Nvidia Source Code License-NC"
+    w_avg: str = "source"  # where mapping.w_avg (the truncation centre) came from
+
+
+# ----------------------------------------------------------------------------- our format
+
+
+def build_meta(G: Generator, D: Discriminator | None, provenance: Provenance) -> dict[str, Any]:
+    """The content of `generator.json`."""
+    from ... import __version__
+
+    return {
+        "format": FORMAT,
+        "class": "stylegan2",
+        "G_init_kwargs": to_plain(G.init_kwargs),
+        "D_init_kwargs": to_plain(D.init_kwargs) if D is not None else None,
+        "w_avg": provenance.w_avg,
+        "source": provenance.source,
+        "source_sha256": provenance.source_sha256,
+        "network": provenance.network,
+        "license": provenance.license,
+        "created_by": f"genbackbones {__version__}",
+    }
+
+
+def save_generator(path: str | Path, G: Generator, D: Discriminator | None = None,
+                   provenance: Provenance | None = None, overwrite: bool = False) -> Path:
+    """Write G (and D) in our format; the folder appears complete or not at all."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    meta = build_meta(G, D, provenance or Provenance())
+    with atomic.directory(path, overwrite=overwrite) as tmp:
+        (tmp / G_FILE).write_bytes(save(_tensors(G), metadata={"format": "pt"}))
+        if D is not None:
+            (tmp / D_FILE).write_bytes(save(_tensors(D), metadata={"format": "pt"}))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    # clone: safetensors refuses tensors that share memory
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def load_folder(folder: str | Path, network: str | None = None) -> GeneratorHandle:
+    """Load a folder written by `save_generator`."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if network is not None and network != meta["network"]:
+        raise UserError(f"{folder} holds the checkpoint's {meta['network']}, not {network}; convert the original "
+                        f"checkpoint with --network {network}, or ask for network={meta['network']!r}")
+    where = f"{folder / META_FILE}"
+    G = build_network("Generator", meta["G_init_kwargs"], _read_safetensors(folder / G_FILE), where)
+    meta["sha256"] = sha256_file(folder / G_FILE)  # names the weights (a trained folder has no source_sha256)
+    D = None
+    if meta.get("D_init_kwargs") is not None:
+        D = build_network("Discriminator", meta["D_init_kwargs"], _read_safetensors(folder / D_FILE), where)
+    return GeneratorHandle(G, D, meta)
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """`generator.json`, checked; every problem is a UserError naming the file."""
+    path = folder / META_FILE
+    if not path.is_file():
+        raise UserError(f"{folder} is not a genbackbones generator folder (no {META_FILE}); create one with "
+                        f"`genbackbones generator convert CHECKPOINT {folder}`")
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); re-create the folder with `genbackbones generator "
+                        "convert`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise UserError(f"{path} has format {found!r}, expected {FORMAT!r}; re-create the folder with "
+                        "`genbackbones generator convert` (or upgrade genbackbones)")
+    if meta.get("class") != "stylegan2" or not isinstance(meta.get("G_init_kwargs"), dict):
+        raise UserError(f"{path}: expected class 'stylegan2' and a G_init_kwargs object; the file was edited or "
+                        "damaged, re-create the folder with `genbackbones generator convert`")
+    meta.setdefault("network", "G_ema")
+    return meta
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"{path} is missing; re-download the folder or re-create it with `genbackbones generator "
+                        "convert`")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path} is truncated or corrupt ({err}); re-download it or re-create the folder with "
+                        "`genbackbones generator convert`") from None
+
+
+# ----------------------------------------------------------------------------- building networks
+
+
+def build_network(class_name: str, init_kwargs: dict, state_dict: dict[str, torch.Tensor], where: str) -> nn.Module:
+    """Construct our Generator/Discriminator from kwargs, load the weights strictly, freeze it."""
+    cls = {"Generator": Generator, "Discriminator": Discriminator}[class_name]
+    try:
+        module = cls(**init_kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError) as err:
+        raise UserError(f"{where}: cannot build a StyleGAN2 {class_name} from its recorded arguments ({err}); "
+                        "the checkpoint may come from a modified StyleGAN2 fork, which is not supported") from None
+    load_strict(module, state_dict, f"{where} ({class_name})")
+    return module.eval().requires_grad_(False)
+
+
+def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """`load_state_dict(strict=True)` with a one-line explanation of any mismatch."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f"{k} {tuple(state_dict[k].shape)}!={tuple(v.shape)}" for k, v in expected.items()
+             if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                if items]
+    if problems:
+        raise UserError(f"{where}: weights do not match the architecture ({'; '.join(problems)}); the file is "
+                        "damaged or comes from a modified StyleGAN2, which is not supported")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
