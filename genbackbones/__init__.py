@@ -18,7 +18,7 @@ torch nor timm; no module of the package is named like these functions, so
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "load_recipe", "pretrain", "export_run", "open_generator", "push", "pull"]
 

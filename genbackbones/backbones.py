@@ -72,7 +72,7 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
 
 def create_pretrained(name: str, **kwargs) -> nn.Module:
     """timm's pretrained weights for `name`, or a UserError saying how to provide them offline."""
-    from .hub import cache_only_when_offline
+    from .offline import cache_only_when_offline
 
     try:
         with cache_only_when_offline():

@@ -271,55 +271,11 @@ def _read_json(path: Path):
 
 # ----------------------------------------------------------------------------- talking to the Hub
 
-_reachable_cache: dict[str, bool] = {}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub endpoint (HF_ENDPOINT) accepts a connection; asked once per process.
-
-    Without a network huggingface_hub retries each request for about a minute before giving up, printing
-    a line per retry; one failed connection here says the answer up front.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    endpoint = constants.ENDPOINT
-    if endpoint not in _reachable_cache:
-        url = urlparse(endpoint)
-        port = url.port or (443 if url.scheme == "https" else 80)
-        try:
-            socket.create_connection((url.hostname, port), timeout=timeout).close()
-            _reachable_cache[endpoint] = True
-        except OSError:
-            _reachable_cache[endpoint] = False
-    return _reachable_cache[endpoint]
-
-
-@contextlib.contextmanager
-def cache_only_when_offline() -> Iterator[None]:
-    """Run a download from the Hub in huggingface_hub's offline mode when the Hub cannot be reached.
-
-    Files already in the cache then load as usual and missing ones fail at once, instead of after a minute
-    of retries that cannot succeed. huggingface_hub reads `constants.HF_HUB_OFFLINE` at each request, which
-    is what HF_HUB_OFFLINE=1 sets at import; it is restored afterwards.
-    """
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or hub_reachable():
-        yield
-        return
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = False
-
-
 def require_hub(action: str) -> None:
-    """For commands that need the Hub itself (push, list, info of an uncached repo): fail at once without it."""
+    """For commands that need the Hub itself (push, list): fail at once without it."""
     from huggingface_hub import constants
+
+    from .offline import hub_reachable
 
     if constants.HF_HUB_OFFLINE:
         raise UserError(f"{action}: HF_HUB_OFFLINE is set; unset it to reach the Hub")
@@ -343,7 +299,7 @@ def push(source: str | Path, repo_id: str, *, private: bool = False, revision: s
     """Create the repo if needed (and the branch `revision`) and upload everything in one commit."""
     from huggingface_hub import HfApi
 
-    from . import __version__
+    from .version import __version__
 
     token = require_token()  # before anything slow: no token, nothing to do
     staged = stage(source, repo_id, tags)
@@ -366,6 +322,8 @@ def pull(spec: str, out: str | Path | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     repo_id, revision = parse_repo_spec(spec)
+    from .offline import cache_only_when_offline
+
     with hub_errors(f"pull {repo_id}"), cache_only_when_offline():
         folder = snapshot_download(repo_id, revision=revision, local_dir=str(out) if out else None)
     return Path(folder)
@@ -456,6 +414,8 @@ def info(spec: str) -> RepoInfo:
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     repo_id, revision = parse_repo_spec(spec)
+    from .offline import cache_only_when_offline
+
     files, sha = [], revision or "main"
     with hub_errors(f"info {repo_id}"), cache_only_when_offline():
         try:

@@ -34,7 +34,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from .backbones import BackboneSpec
+from .engine.loop import TrainCfg
 from .errors import RecipeValueError, UserError, require
+from .methods import get_method
 
 RECIPES_DIR = Path(__file__).resolve().parent / "assets" / "recipes"
 SHARED_SECTIONS = ("generator", "backbone", "data", "train")
@@ -72,38 +74,6 @@ class DataCfg:
 
 
 @dataclass
-class TrainCfg:
-    steps: int = 300
-    batch_size: int = 16  # per process, per micro-batch
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    max_grad_norm: float | None = None
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    log_with: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"  # Accelerate trackers
-    num_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
-
-    def check(self) -> None:
-        for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
-            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        require(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
-                f"must be two numbers in [0, 1), got {self.betas}")
-        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        require(self.keep_checkpoints >= 0, "keep_checkpoints", f"must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
-        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
-                f"must be > 0 (or null for none), got {self.max_grad_norm}")
-        require(self.num_threads is None or self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")
-
-
-@dataclass
 class Recipe:
     name: str = "quickstart"
     description: str = ""
@@ -118,8 +88,6 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.method_cfg is None:  # `Recipe(method="ghfeat")` is complete: its section takes its defaults
-            from .methods import get_method
-
             config = get_method(self.method).config
             self.method_cfg = config() if config is not None else None
 
@@ -187,9 +155,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def from_data(data: dict, source: str) -> Recipe:
-    """A typed recipe from a plain mapping (a parsed YAML file with its overrides applied)."""
-    from .methods import get_method  # the registry knows each method's own section
+    """A typed recipe from a plain mapping (a parsed YAML file with its overrides applied).
 
+    The method registry gives the type of the method's own section (it imports the method's module).
+    """
     data = dict(data)
     method_name = data.get("method", Recipe.method)
     if not isinstance(method_name, str):
@@ -326,8 +295,6 @@ def _make_paths_absolute(recipe: Recipe) -> None:
 
 def to_dict(recipe: Recipe) -> dict:
     """The sections the recipe's method reads, as plain YAML-able data (tuples as lists)."""
-    from .methods import get_method
-
     method = get_method(recipe.method)
     data: dict[str, Any] = {"name": recipe.name, "description": recipe.description, "method": recipe.method,
                             "seed": recipe.seed}

@@ -159,10 +159,15 @@ def test_push_uploads_export_card_recipe_provenance_and_evaluation(pushed, hub, 
 
 
 def test_timm_loads_the_pushed_weights_bit_identical(pushed, hub, hf_home, run_dir):
+    """The line `push` printed, run as typed against the Hub, gives the trained backbone's weights."""
+    line = f"timm.create_model('hf-hub:{REPO}', pretrained=True, features_only=True)"
+    assert line in pushed.stdout.splitlines()
     proc = python(f"""
         import timm, torch
         from safetensors.torch import load_file
         ref = load_file({str(run_dir / 'export' / 'model.safetensors')!r})
+        printed = {line}
+        assert all(torch.equal(v, ref[k]) for k, v in printed.state_dict().items()) and len(printed.state_dict())
         model = timm.create_model("hf-hub:{REPO}", pretrained=True)
         state = model.state_dict()
         assert set(state) == set(ref), set(state) ^ set(ref)
@@ -220,6 +225,9 @@ def test_list_and_info_read_the_card(pushed, hub, hf_home):
     assert proc.returncode == 0, proc.stderr
     for text in ("layermatch", "apache-2.0", "random:tiny32", "mIoU", "0.25", "model.safetensors", "backbone"):
         assert text in proc.stdout, text
+    load = [line.removeprefix("load: ") for line in proc.stdout.splitlines() if line.startswith("load: ")]
+    assert load == [f"timm.create_model('hf-hub:{REPO}', pretrained=True, features_only=True)"]
+    assert load[0] in pushed.stdout.splitlines()  # the line `push` printed, the one the card shows
 
     proc = cli("info", f"hf-hub:{REPO}", env=hub_env(hub.url, hf_home, HF_HUB_OFFLINE="1"))  # from the cache
     assert proc.returncode == 0, proc.stderr

@@ -21,7 +21,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UserError
 from . import common, generator, ghfeat, hub, semantics, train
 from .common import user_errors  # noqa: F401  (evaluate.cli imports it from here until it moves into cli/)

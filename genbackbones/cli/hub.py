@@ -103,10 +103,10 @@ def info_cmd(spec: str = typer.Argument(..., help="hf-hub:ORG/NAME[@REVISION] (p
     table = Table(show_header=False, title=f"{data.repo_id} @ {data.revision[:10]}")
     for key, value in (("kind", data.kind), ("method", data.method), ("generator", data.generator),
                        ("generator sha256", data.generator_sha256), ("licence", data.license),
-                       ("base model", data.base_model or "-"), ("tags", ", ".join(data.tags) or "-"),
-                       ("load", data.load_line)):
+                       ("base model", data.base_model or "-"), ("tags", ", ".join(data.tags) or "-")):
         table.add_row(key, str(value))
     console.print(table)
+    print_copyable(f"load: {data.load_line}")  # on its own line, never wrapped: it is copied whole
     if data.eval_results:
         results = Table("task", "dataset", "metric", "value", title="evaluation (model-index)")
         for r in data.eval_results:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -38,14 +38,45 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import atomic
-from ..errors import UserError
+from ..errors import UserError, require
 from .checkpoints import save_checkpoint
-
-if TYPE_CHECKING:
-    from ..recipes import TrainCfg
 
 STOP_AFTER_ENV = "GENBACKBONES_KILL_AFTER_CHECKPOINT"  # tests: SIGKILL self right after saving this step
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+@dataclass
+class TrainCfg:
+    """A recipe's `train:` section: the settings of this loop, shared by every method."""
+
+    steps: int = 300
+    batch_size: int = 16  # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    max_grad_norm: float | None = None
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    log_with: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"  # Accelerate trackers
+    num_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
+
+    def check(self) -> None:
+        for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+                f"must be two numbers in [0, 1), got {self.betas}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.keep_checkpoints >= 0, "keep_checkpoints", f"must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
+                f"must be > 0 (or null for none), got {self.max_grad_norm}")
+        require(self.num_threads is None or self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")
 
 
 @dataclass

@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import timm
-import torch
 from rich.console import Console
 
-from .. import __version__, atomic
+from .. import atomic
 from ..data.grids import grid_image, save_png
 from ..errors import UserError
-from ..methods import Method, get_method
+from ..methods import get_method
 from ..recipes import Recipe, dump_recipe, load_recipe, to_dict
+from ..version import versions
 from .checkpoints import latest_checkpoint, load_checkpoint
 from .loop import log_image, make_accelerator, run_loop, tracker_config
 
@@ -171,14 +169,3 @@ def _read_run_info(run_dir: Path) -> dict:
         return json.loads(path.read_text()) if path.exists() else {}
     except json.JSONDecodeError:
         return {}
-
-
-def versions() -> dict[str, str]:
-    """Library versions recorded with every run and export."""
-    return {"genbackbones": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
-
-
-def method_of(run_dir: Path) -> Method:
-    """The method of a run folder, from its recipe (for commands that take a run)."""
-    return get_method(load_recipe(Path(run_dir) / "recipe.yaml").method)

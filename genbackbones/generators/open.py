@@ -146,7 +146,7 @@ def download_from_hub(spec: str) -> Path:
     repo_id, _, revision = spec[len(HUB_PREFIX):].partition("@")
     if repo_id.count("/") != 1:
         raise UserError(f"{spec}: expected hf-hub:org/name or hf-hub:org/name@revision")
-    from ..hub import cache_only_when_offline
+    from ..offline import cache_only_when_offline
 
     try:
         with cache_only_when_offline():

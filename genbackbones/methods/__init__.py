@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..errors import UserError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # `Recipe` (genbackbones.recipes) is not imported: recipes asks this registry for sections
     from accelerate import Accelerator
 
     from ..engine.loop import Task
-    from ..recipes import Recipe
 
 
 class Prepared:

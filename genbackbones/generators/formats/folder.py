@@ -50,7 +50,7 @@ class Provenance:
 
 def build_meta(G: Generator, D: Discriminator | None, provenance: Provenance) -> dict[str, Any]:
     """The content of `generator.json`."""
-    from ... import __version__
+    from ...version import __version__
 
     return {
         "format": FORMAT,

@@ -61,7 +61,7 @@ def weights_file() -> str:
     """The cached weights, else a download into the cache when online; UserError when neither works."""
     from huggingface_hub import constants, hf_hub_download
 
-    from ...hub import hub_reachable
+    from ...offline import hub_reachable
 
     path = cached_weights()
     if path is not None:
