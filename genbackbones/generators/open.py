@@ -41,6 +41,13 @@ RANDOM_PRESETS: dict[str, dict] = {
     "small64": dict(z_dim=128, c_dim=0, w_dim=128, img_resolution=64, img_channels=3,
                     mapping_kwargs={"num_layers": 4},
                     synthesis_kwargs={"channel_base": 2048, "channel_max": 128}),
+    # 256 px, 24 M parameters in G: the configuration of NVIDIA's stylegan2-ffhq-256x256.pkl (stylegan3
+    # repository, --cfg=stylegan2 --cbase=16384, 8 mapping layers). Random weights: for throughput and for
+    # checking that the real-scale recipes run, not for features
+    "ffhq256": dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=256, img_channels=3,
+                    mapping_kwargs={"num_layers": 8},
+                    synthesis_kwargs={"channel_base": 16384, "channel_max": 512, "num_fp16_res": 4,
+                                      "conv_clamp": 256}),
     # 32 px, tiny: for tests
     "tiny32": dict(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
                    mapping_kwargs={"num_layers": 2},
