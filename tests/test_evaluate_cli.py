@@ -60,9 +60,11 @@ def test_cli_segmentation_end_to_end_with_the_imagenet_standin(tiny_run, tmp_pat
     index = json.loads((run / "evaluation" / "model_index.json").read_text())
     assert index == json.loads((out / "model_index.json").read_text())
     assert index["model_name"] == "run"
-    results_kw = [EvalResult(**r) for r in index["eval_results"]]
-    assert {r.metric_name for r in results_kw} == {"mIoU @ 4 labels", "pixel accuracy @ 4 labels"}
-    assert all(r.task_type == "image-segmentation" and r.dataset_type == "genbackbones/faces" for r in results_kw)
+    # the bundled domain is not a Hub dataset: no model-index entry with a made-up dataset id, the card's table only
+    assert index["eval_results"] == []
+    assert [r["metric"] for r in index["rows"]] == ["mIoU (%)", "pixel accuracy (%)"]
+    assert index["rows"][0]["dataset"] == "genbackbones bundled faces (procedural)"
+    assert index["rows"][0]["protocol"] == "finetune" and index["rows"][0]["labels"] == 4
     assert "random init" in index["rows"][0]["value"] and "imagenet" in index["rows"][0]["value"]
 
 
@@ -100,6 +102,11 @@ def test_landmarks_and_finetuned_classification_through_the_api(tiny_run, tmp_pa
     assert [m["key"] for m in lm["metrics"]] == ["nme_heatmap", "nme_ridge"]
     assert lm["runs"][0]["metrics"]["nme_heatmap"] > 0 and lm["runs"][0]["metrics"]["nme_ridge"] > 0
     assert lm["data"]["landmarks"][:2] == ["left_eye", "right_eye"] and lm["data"]["flip_mirror"] == [1, 0, 2, 4, 3]
+    assert lm["data"]["normalisation"]["points"] == [0, 1] and lm["data"]["flip"] is True
+    # the mean-shape reference row: the 4 training faces' mean shape, scored on the same test faces
+    reference = [r for r in lm["runs"] if r["backbone"] == "mean shape"]
+    assert len(reference) == 1 and lm["backbones"][-1]["kind"] == "reference"
+    assert reference[0]["metrics"]["nme_heatmap"] == reference[0]["metrics"]["nme_ridge"] > 0
     cls = run_evaluation([str(tiny_run)], "classification", labels="4", seeds=1, baselines=[], overrides=tiny,
                          protocol="finetune", device="cpu")
     assert cls["settings"]["protocol"] == "finetune" and cls["data"]["target"] == "hair_colour"
@@ -111,7 +118,9 @@ def test_landmarks_and_finetuned_classification_through_the_api(tiny_run, tmp_pa
     merge_into_run(tmp_path / "r", model_index(cls))
     merge_into_run(tmp_path / "r", model_index(lm))
     merged = json.loads(merge_into_run(tmp_path / "r", model_index(lm)).read_text())
-    assert len(merged["eval_results"]) == 4  # 2 classification + 2 landmark metrics, the repeat replaced
+    assert merged["eval_results"] == []  # bundled faces: not a Hub dataset
+    assert len(merged["rows"]) == 4  # 2 classification + 2 landmark metrics, the repeat replaced
+    assert "mean shape" in merged["rows"][-1]["value"]
 
 
 runner = CliRunner()
@@ -126,6 +135,7 @@ runner = CliRunner()
     (["--data", "{bad_folder}"], "no images"),
     (["--data", "./no-such-folder-xyz"], "folder does not exist"),
     (["--target", "eye_colour", "--task", "classification"], "no attribute 'eye_colour'"),
+    (["--data", "imagefolder"], "`datasets` builder"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_run, tmp_path, args, message):
     (tmp_path / "bad").mkdir()
