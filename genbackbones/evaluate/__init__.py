@@ -296,8 +296,8 @@ def _protocol_name(task: str, settings) -> str:
     if task == "landmarks":
         parts = (["heatmap fine-tuned"] if settings.heatmap else []) + (["frozen + ridge"] if settings.ridge else [])
         return " / ".join(parts)
-    return {"linear": "linear probe, frozen", "knn": f"kNN (k={settings.knn_k}, cosine, T={settings.knn_temperature:g}), "
-            "frozen", "finetune": "fine-tuned"}[settings.protocol]
+    knn = f"kNN (k={settings.knn_k}, cosine, T={settings.knn_temperature:g}), frozen"
+    return {"linear": "linear probe, frozen", "knn": knn, "finetune": "fine-tuned"}[settings.protocol]
 
 
 def _versions() -> dict:
