@@ -123,10 +123,15 @@ def test_keypoints_csv_beside_an_image_folder_and_points_outside_the_crop(tmp_pa
     root = tmp_path / "kp"
     faces = _faces68(root, 10, size=(96, 64))  # landscape: the centred square crop drops 16 px on each side
     faces[3][0] = (2.0, 30.0)  # a jaw point in the cropped-away margin
-    lines = ["image_id," + ",".join(f"{c}{i}" for i in range(68) for c in "xy")]
-    lines += [f"img_{i}.jpg," + ",".join(f"{v:.3f}" for v in p.reshape(-1)) for i, p in enumerate(faces)]
+    # columns x0..x67 then y0..y67 (not interleaved): read as 68 (x, y) pairs all the same
+    lines = ["image_id," + ",".join(f"{c}{i}" for c in "xy" for i in range(68))]
+    lines += [f"img_{i}.jpg," + ",".join(f"{v:.3f}" for v in p.T.reshape(-1)) for i, p in enumerate(faces)]
     (root / "keypoints.csv").write_text("\n".join(lines) + "\n")
     data = load_data(options(root, resolution=64), "landmarks")
+    assert data.schema.eye_indices == (36, 45) and data.schema.mirror_known
+    every = torch.cat([data.train.landmarks, data.test.landmarks])
+    i = (data.train.names + data.test.names).index("img_5.jpg")
+    assert every[i].numpy() == pytest.approx(faces[5] - [16, 0], abs=1e-3)  # the crop's 16 px left margin
     assert data.description["landmarks_outside_crop"] == {"points": 1, "of": 680, "images": 1, "worst": "img_3.jpg"}
     assert any("1 of 680 landmarks fall outside" in note for note in data.notes)
     with pytest.raises(UserError, match=r"1 of 680 landmarks .0.1 %. fall outside.*img_3\.jpg.*data\.max_outside"):
@@ -299,13 +304,15 @@ def test_a_hub_dataset_id_from_the_cache_with_its_revision_and_splits(offline_da
     data = load_data(DataOptions(source="me/faces", resolution=32), "classification")
     assert (len(data.train), len(data.test)) == (8, 4) and data.schema.classes == ("no", "yes")
     assert data.description["hub"] == {"id": "me/faces", "revision": SHA, "requested_revision": None,
-                                       "config": "default", "train_split": "train", "test_split": "test"}
+                                       "config": "default", "train_split": "train", "test_split": "test",
+                                       "test_held_out": None}
     data = load_data(DataOptions(source="me/faces", resolution=32, data_split=("train", "validation"),
                                  data_revision=SHA), "landmarks")
     assert (len(data.train), len(data.test)) == (8, 3) and data.schema.eye_indices == (0, 1)  # 5-point layout
     assert all("[validation]" in n for n in data.test.names)
     one = load_data(DataOptions(source="me/faces", resolution=32, data_split=("train",)), "segmentation")
     assert len(one.train) + len(one.test) == 8 and "fixed-seed split" in one.description["split"]
+    assert one.description["hub"]["test_split"] == "train" and "fixed-seed" in one.description["hub"]["test_held_out"]
     with pytest.raises(UserError, match="the `datasets` cache holds revision 0123456789ab"):
         load_data(DataOptions(source="me/faces", resolution=32, data_revision="f" * 40), "classification")
     with pytest.raises(UserError, match="has no split 'dev'; splits: train, validation, test"):

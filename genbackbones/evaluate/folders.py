@@ -254,7 +254,7 @@ def _attach_csv_landmarks(rows: list[_Row], path: Path, options: DataOptions) ->
             raise UserError(f"{path}: no column(s) {', '.join(missing)}; columns: {', '.join(header)}")
         columns = [header.index(c) for c in options.landmark_columns]
     else:
-        columns = [i for i in range(len(header)) if i != name_col]
+        columns = _interleave_xy(header, [i for i in range(len(header)) if i != name_col])
     if len(columns) < 4 or len(columns) % 2:
         raise UserError(f"{path}: landmarks need x,y column pairs for at least 2 points, got {len(columns)} columns")
     names = pair_names([header[c] for c in columns])
@@ -271,6 +271,18 @@ def _attach_csv_landmarks(rows: list[_Row], path: Path, options: DataOptions) ->
             raise UserError(f"{row.name}: missing or non-numeric landmark coordinates in {path}")
         row.points = coords.reshape(-1, 2)
     return names
+
+
+def _interleave_xy(header: list[str], columns: list[int]) -> list[int]:
+    """Columns named x0..xK-1 then y0..yK-1 (x_1, X1 ...) -> x0,y0,x1,y1,...; any other order is kept as is."""
+    parsed = [re.fullmatch(r"([xXyY])[_\-]?(\d+)", header[c].strip()) for c in columns]
+    if not parsed or not all(parsed):
+        return columns
+    xs = {int(m.group(2)): c for m, c in zip(parsed, columns) if m.group(1) in "xX"}
+    ys = {int(m.group(2)): c for m, c in zip(parsed, columns) if m.group(1) in "yY"}
+    if sorted(xs) != sorted(ys) or 2 * len(xs) != len(columns):
+        return columns
+    return [c for i in sorted(xs) for c in (xs[i], ys[i])]
 
 
 def pair_names(columns: list[str]) -> tuple[str, ...]:

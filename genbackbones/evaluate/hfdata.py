@@ -72,7 +72,8 @@ def load_hf(options: DataOptions, task: str) -> EvalData:
         train_rows, test_rows = split_rows(train_rows, options)
         split = fixed_split_description(options)
     if hub is not None:
-        hub.update({"train_split": train_split, "test_split": test_split or train_split})
+        hub.update({"train_split": train_split, "test_split": test_split or train_split,
+                    "test_held_out": None if test_ds is not None else split})
     name = source if hub is not None else (f"{Path(source).name} (saved `datasets` dataset)" if Path(source).is_dir()
                                            else f"{source} {options.data_dir} (local files)")
     revision = f", revision {hub['revision'][:12]}" if hub and hub.get("revision") else ""

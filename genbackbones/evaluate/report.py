@@ -244,10 +244,11 @@ def _eval_result(results: dict, spec: dict, protocol: str, n: int, mine: dict, h
     out = {
         "task_type": TASK_TYPES[results["task"]],
         "task_name": results["task"],
-        "dataset_type": hub["id"], "dataset_name": results["data"]["summary"],
+        "dataset_type": hub["id"], "dataset_name": hub["id"],
         "dataset_config": hub.get("config"), "dataset_split": hub.get("test_split"),
         "dataset_revision": hub.get("revision"),
-        "dataset_args": {"train_split": hub.get("train_split")},
+        "dataset_args": {k: v for k, v in (("train_split", hub.get("train_split")),
+                                           ("test", hub.get("test_held_out"))) if v},
         "metric_type": spec["model_index_type"], "metric_name": SHORT[spec["key"]],
         "metric_value": round(mine["mean"], 2),
         "metric_config": protocol,
