@@ -357,3 +357,38 @@ def test_dataset_rows_are_decoded_a_chunk_at_a_time(tmp_path, monkeypatch):
     assert len(data.train) + len(data.test) == 10
     assert requests and max(requests) <= 3 and sum(requests) == 10  # every row decoded once, <= 3 at a time
     assert data.schema.mirror == (0, 2, 1)
+
+
+def test_mask_class_names_from_a_classlabel_in_the_dataset_features(tmp_path):
+    import datasets
+
+    names = ["background", "left_eye", "right_eye"]
+    rows = {"image": [], "mask": []}
+    for i in range(6):
+        mask = np.zeros((24, 24), np.int64)
+        mask[8:14, 2:10], mask[8:14, 14:22] = 1, 2
+        rows["image"].append(Image.fromarray((mask * 90 + i).astype(np.uint8)).convert("RGB"))
+        rows["mask"].append(mask.tolist())
+    features = datasets.Features({"image": datasets.Image(),
+                                  "mask": datasets.List(datasets.List(datasets.ClassLabel(names=names)))})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    data = load_data(DataOptions(source=str(tmp_path / "ds"), resolution=24), "segmentation")
+    assert data.schema.classes == tuple(names) and data.schema.mirror == (0, 2, 1)
+    assert data.description["classes_source"] == "the 'mask' column's ClassLabel"
+    assert set(torch.cat([data.train.masks, data.test.masks]).unique().tolist()) == {0, 1, 2}
+
+
+def test_merging_into_a_run_drops_entries_of_the_first_format(tmp_path):
+    from genbackbones.evaluate.report import merge_into_run
+
+    legacy = {"task_type": "image-segmentation", "dataset_type": "genbackbones/faces", "dataset_name": "faces",
+              "metric_type": "mean_iou", "metric_name": "mIoU @ 4 labels", "metric_value": 20.0}
+    kept = {"task_type": "image-classification", "dataset_type": "me/faces", "dataset_name": "me/faces",
+            "metric_type": "accuracy", "metric_name": "top-1", "metric_value": 50.0, "metric_config": "linear",
+            "metric_args": {"labels": 4}}
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "evaluation" / "model_index.json").write_text(json.dumps(
+        {"model_name": "run", "eval_results": [legacy, kept], "rows": []}))
+    new = {**kept, "metric_config": "knn", "metric_value": 55.0}
+    merged = json.loads(merge_into_run(tmp_path, {"model_name": "run", "eval_results": [new], "rows": []}).read_text())
+    assert merged["eval_results"] == [kept, new]  # linear and knn at 4 labels are different entries

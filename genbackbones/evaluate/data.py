@@ -489,8 +489,11 @@ def _open(obj, name: str):
             image = Image.open(obj["path"])
         elif isinstance(obj, (str, Path)):
             image = Image.open(obj)
-        elif isinstance(obj, np.ndarray):
-            image = Image.fromarray(obj)
+        elif isinstance(obj, (np.ndarray, list)):  # arrays, or nested lists (a mask column of ClassLabel ids)
+            array = np.asarray(obj)
+            if array.dtype.kind in "iu" and array.ndim == 2:
+                array = array.astype(np.uint8 if array.max(initial=0) < 256 else np.int32)
+            image = Image.fromarray(array)
         else:
             raise TypeError(f"unsupported value of type {type(obj).__name__}")
         image.load()
