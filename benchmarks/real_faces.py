@@ -23,8 +23,9 @@ fine-tune protocol at several label counts and 3 seeds, every backbone and basel
 identical protocol (`genbackbones.evaluate`), and writes one folder per target x protocol under
 benchmarks/results/real_faces/, then rebuilds README.md there from every results folder (so the
 protocols may be separate commands). With `--data DIR --task segmentation|landmarks` it evaluates
-the same backbones on your own labelled faces (masks/ or landmarks.csv) into a folder named after
-the task.
+the same backbones on your own labelled faces (any layout or `datasets` source the evaluator
+reads, with the same data flags: --classes, --eye-indices, --data-split, ...) into a folder
+named after the task.
 
 UTKFace is for non-commercial research only: nothing derived from it ships in the package.
 """
@@ -174,8 +175,11 @@ def evaluate(args, console: Console, err: Console) -> int:
     The README is rebuilt from every results folder under --out, so the linear probe and the
     fine-tune may be run by separate commands (with different label counts) into one table set.
     """
+    from dataclasses import replace
+
     from genbackbones.evaluate import run_evaluation
-    from genbackbones.evaluate.data import DataOptions
+    from genbackbones.evaluate.cli import choose_protocol
+    from genbackbones.evaluate.options import data_options, flag_values
     from genbackbones.evaluate.report import print_table, summarise, write_outputs
 
     data = args.data or args.work / "eval"
@@ -185,11 +189,13 @@ def evaluate(args, console: Console, err: Console) -> int:
     seeds = args.seeds or (2 if args.tiny else 3)
     tiny = ["min_steps=3", "max_steps=3"] if args.tiny else []
     overrides = [*tiny, *args.set]  # protocol settings and data.* options such as data.test_size
+    options = data_options(str(data), args.resolution, **flag_values(args))  # the evaluator's own data flags
     if args.task == "classification":
-        jobs = [(f"{t}-{p}", DataOptions(str(data), args.resolution, target=t), p) for t in args.targets.split(",")
+        targets = args.targets.split(",") if options.target is None else [options.target]
+        jobs = [(f"{t}-{p}", replace(options, target=t), choose_protocol(p, None)) for t in targets
                 for p in args.protocols.split(",")]
     else:  # your own masks or landmarks: one protocol per task
-        jobs = [(args.task, DataOptions(str(data), args.resolution), None)]
+        jobs = [(args.task, options, None)]
     for folder, options, protocol in jobs:
         results = run_evaluation([str(r) for r in args.runs], args.task, data=options, labels=labels, seeds=seeds,
                                  baselines=args.baselines.split(","), overrides=overrides, protocol=protocol,
@@ -249,6 +255,8 @@ def _describe_run(run: Path) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from genbackbones.evaluate.options import add_argparse_flags
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,10 +278,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev.add_argument("--work", type=Path, default=WORK)
     ev.add_argument("--task", default="classification", choices=("classification", "segmentation", "landmarks"),
                     help="segmentation / landmarks: with --data, your own labelled faces (masks/ or landmarks.csv)")
-    ev.add_argument("--data", type=Path, default=None,
-                    help="a labelled face folder (see the README's Data section); default the prepared UTKFace eval/")
-    ev.add_argument("--targets", default=",".join(TARGETS), help="classification: labels.csv columns")
-    ev.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ev.add_argument("--data", default=None,
+                    help="labelled faces in any form `genbackbones evaluate --data` reads (docs/evaluate.md); default "
+                    "the prepared UTKFace eval/")
+    ev.add_argument("--targets", default=",".join(TARGETS), help="classification: labels.csv columns (--target "
+                    "gives one)")
+    ev.add_argument("--protocols", default=",".join(PROTOCOLS), help="classification: linear, knn, finetune")
+    add_argparse_flags(ev)  # every data flag of `genbackbones evaluate`, parsed by the same code
     ev.add_argument("--labels", default=None, help="default 16,64,256,1024 (tiny: 8,32)")
     ev.add_argument("--seeds", type=int, default=None, help="default 3 (tiny: 2)")
     ev.add_argument("--baselines", default="imagenet,random")

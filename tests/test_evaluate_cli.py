@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from huggingface_hub import EvalResult
+from PIL import Image
 from typer.testing import CliRunner
 
 from genbackbones.cli import app
@@ -17,6 +19,7 @@ from genbackbones.evaluate import run_evaluation
 from genbackbones.evaluate.report import merge_into_run, model_index, summarise, write_outputs
 
 from .test_evaluate_backbones import make_tiny_run, offline_env, write_standin_cache
+
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
@@ -60,9 +63,11 @@ def test_cli_segmentation_end_to_end_with_the_imagenet_standin(tiny_run, tmp_pat
     index = json.loads((run / "evaluation" / "model_index.json").read_text())
     assert index == json.loads((out / "model_index.json").read_text())
     assert index["model_name"] == "run"
-    results_kw = [EvalResult(**r) for r in index["eval_results"]]
-    assert {r.metric_name for r in results_kw} == {"mIoU @ 4 labels", "pixel accuracy @ 4 labels"}
-    assert all(r.task_type == "image-segmentation" and r.dataset_type == "genbackbones/faces" for r in results_kw)
+    # the bundled domain is not a Hub dataset: no model-index entry with a made-up dataset id, the card's table only
+    assert index["eval_results"] == []
+    assert [r["metric"] for r in index["rows"]] == ["mIoU (%)", "pixel accuracy (%)"]
+    assert index["rows"][0]["dataset"] == "genbackbones bundled faces (procedural)"
+    assert index["rows"][0]["protocol"] == "finetune" and index["rows"][0]["labels"] == 4
     assert "random init" in index["rows"][0]["value"] and "imagenet" in index["rows"][0]["value"]
 
 
@@ -100,6 +105,11 @@ def test_landmarks_and_finetuned_classification_through_the_api(tiny_run, tmp_pa
     assert [m["key"] for m in lm["metrics"]] == ["nme_heatmap", "nme_ridge"]
     assert lm["runs"][0]["metrics"]["nme_heatmap"] > 0 and lm["runs"][0]["metrics"]["nme_ridge"] > 0
     assert lm["data"]["landmarks"][:2] == ["left_eye", "right_eye"] and lm["data"]["flip_mirror"] == [1, 0, 2, 4, 3]
+    assert lm["data"]["normalisation"]["points"] == [0, 1] and lm["data"]["flip"] is True
+    # the mean-shape reference row: the 4 training faces' mean shape, scored on the same test faces
+    reference = [r for r in lm["runs"] if r["backbone"] == "mean shape"]
+    assert len(reference) == 1 and lm["backbones"][-1]["kind"] == "reference"
+    assert reference[0]["metrics"]["nme_heatmap"] == reference[0]["metrics"]["nme_ridge"] > 0
     cls = run_evaluation([str(tiny_run)], "classification", labels="4", seeds=1, baselines=[], overrides=tiny,
                          protocol="finetune", device="cpu")
     assert cls["settings"]["protocol"] == "finetune" and cls["data"]["target"] == "hair_colour"
@@ -111,7 +121,9 @@ def test_landmarks_and_finetuned_classification_through_the_api(tiny_run, tmp_pa
     merge_into_run(tmp_path / "r", model_index(cls))
     merge_into_run(tmp_path / "r", model_index(lm))
     merged = json.loads(merge_into_run(tmp_path / "r", model_index(lm)).read_text())
-    assert len(merged["eval_results"]) == 4  # 2 classification + 2 landmark metrics, the repeat replaced
+    assert merged["eval_results"] == []  # bundled faces: not a Hub dataset
+    assert len(merged["rows"]) == 4  # 2 classification + 2 landmark metrics, the repeat replaced
+    assert "mean shape" in merged["rows"][-1]["value"]
 
 
 runner = CliRunner()
@@ -126,6 +138,7 @@ runner = CliRunner()
     (["--data", "{bad_folder}"], "no images"),
     (["--data", "./no-such-folder-xyz"], "folder does not exist"),
     (["--target", "eye_colour", "--task", "classification"], "no attribute 'eye_colour'"),
+    (["--data", "imagefolder"], "`datasets` builder"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_run, tmp_path, args, message):
     (tmp_path / "bad").mkdir()
@@ -156,3 +169,99 @@ def test_existing_output_and_foreign_run_are_refused(tiny_run, tmp_path):
     result = runner.invoke(app, ["evaluate", str(tiny_run), "--run", str(other), "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "must also be one of the BACKBONE arguments" in result.stderr
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "classification", "--protocol", "knn", "--finetune"], "--protocol knn and --finetune disagree"),
+    (["--task", "classification", "--protocol", "knn", "--set", "knn_k=0"], "knn_k=0: must be greater than 0"),
+    (["--task", "classification", "--set", "knn_temperature=-1"], "knn_temperature=-1.0: must be greater than 0"),
+    (["--task", "classification", "--protocol", "nearest"], "protocol must be one of linear, knn, finetune"),
+    (["--task", "landmarks", "--eye-indices", "-1,2"], "--eye-indices '-1,2': give two different landmark"),
+    (["--task", "landmarks", "--eye-indices", "3,3"], "--eye-indices '3,3': give two different landmark"),
+    (["--data-split", "a,b,c"], "--data-split 'a,b,c': give the train split, or train,test"),
+    (["--data-config", "x"], "--data-config apply to `datasets` data"),
+    (["--labels", "0"], "--labels: '0' is not a positive number"),
+    (["--labels", "-4"], "--labels: '-4' is not a positive number"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--resolution", "8"], "--resolution must be at least 16 px"),
+    (["--set", "data.test_fraction=1.5"], "data.test_fraction must be between 0 and 1"),
+    (["--set", "ridge_grid=0", "--task", "landmarks"], "ridge_grid=0: must be greater than 0"),
+])
+def test_impossible_values_are_refused_before_anything_is_written(tiny_run, tmp_path, args, message):
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", str(tiny_run), "--out", str(out), "--baselines", "none", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()
+
+
+def test_cli_on_real_layouts_records_normalisation_flips_and_the_mean_shape(tiny_run, tmp_path, one_thread):
+    """The user's lines on a 68-point CSV with numbered columns and on unnamed 5-class masks."""
+    from .test_evaluate_data import write_numbered_landmark_csv
+
+    lm_data = write_numbered_landmark_csv(tmp_path / "lm68", count=12)
+    out = tmp_path / "lm-eval"
+    tiny = ["--set", "min_steps=2", "--set", "max_steps=2", "--set", "eval_batch_size=8"]
+    result = runner.invoke(app, ["evaluate", str(tiny_run), "--task", "landmarks", "--data", str(lm_data), "--labels",
+                                 "4", "--seeds", "1", "--baselines", "none", "--out", str(out), *tiny])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    norm = results["data"]["normalisation"]
+    assert norm["points"] == [36, 45] and norm["rule"] == "iBUG 300-W (68 points): outer eye corners"
+    assert norm["flip_pairs_from"] == "iBUG 300-W (68 points)" and results["data"]["flip"] is True
+    assert results["runs"][0]["flip"] is True
+    assert "mean shape (reference)" in result.stdout  # the reference row of every landmark table
+    assert {r["backbone"] for r in results["runs"]} == {tiny_run.name, "mean shape"}
+    assert "mean shape" in (out / "summary.csv").read_text()
+
+    masks = tmp_path / "five"
+    (masks / "images").mkdir(parents=True)
+    (masks / "masks").mkdir()
+    for i in range(10):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:16, 4:12], mask[8:16, 20:28], mask[20:24, 8:24], mask[26:, :] = 1, 2, 3, 4
+        Image.fromarray(mask, mode="L").save(masks / "masks" / f"{i}.png")
+        Image.fromarray((mask * 50 + i).astype(np.uint8)).convert("RGB").save(masks / "images" / f"{i}.png")
+    out = tmp_path / "seg-eval"
+    result = runner.invoke(app, ["evaluate", str(tiny_run), "--task", "segmentation", "--data", str(masks),
+                                 "--labels", "4", "--seeds", "1", "--baselines", "none", "--out", str(out), *tiny])
+    assert result.exit_code == 0, result.output
+    assert "horizontal flips are off" in result.stderr and "classes.txt" in result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["flip"] is False and results["runs"][0]["flip"] is False
+    assert any("flips are off" in n for n in results["notes"])
+    assert results["data"]["classes_source"].startswith("none found")
+
+
+def test_knn_on_a_cached_hub_dataset_goes_into_the_model_index(tiny_run, tmp_path):
+    """`--data org/name` from the `datasets` cache, offline: the id and revision reach results.json and the card."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .test_evaluate_layouts import SHA, hub_cached_dataset, labelled_faces
+
+    hub_cached_dataset(tmp_path / "hf", "me/faces", {"train": labelled_faces(12), "test": labelled_faces(6, 30)})
+    run = copy_run(tiny_run, tmp_path / "run")
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "genbackbones", "evaluate", str(run), "--task", "classification", "--protocol", "knn",
+           "--data", "me/faces", "--target", "smiling", "--data-split", "train,test", "--labels", "4,8", "--seeds",
+           "2", "--baselines", "random", "--run", str(run), "--out", str(out), "--set", "eval_batch_size=8"]
+    env = {**offline_env(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"].startswith("kNN (k=20, cosine") and results["settings"]["knn_k"] == 20
+    assert results["data"]["hub"]["id"] == "me/faces" and results["data"]["hub"]["revision"] == SHA
+    assert all(0 <= r["metrics"]["top1"] <= 100 and r["k"] in (4, 8) for r in results["runs"])
+    index = json.loads((run / "evaluation" / "model_index.json").read_text())
+    assert set(index) == {"model_name", "eval_results", "rows"}  # the shape export.py and hub.py read
+    first = index["eval_results"][0]
+    assert first["dataset_type"] == "me/faces" and first["dataset_revision"] == SHA
+    assert first["dataset_split"] == "test" and first["dataset_args"] == {"train_split": "train"}
+    assert first["metric_name"] == "top-1" and first["metric_config"] == "knn"  # protocol out of the name
+    assert {(r["metric_type"], r["metric_args"]["labels"]) for r in index["eval_results"]} == \
+        {("accuracy", 4), ("accuracy", 8), ("balanced_accuracy", 4), ("balanced_accuracy", 8)}
+    # the model-index round-trips through a model card with every per-metric field intact
+    results_kw = [EvalResult(**r) for r in index["eval_results"]]
+    card = ModelCard(f"---\n{ModelCardData(model_name='run', eval_results=results_kw).to_yaml()}\n---\n")
+    assert card.data.eval_results == results_kw

@@ -6,6 +6,7 @@ Also the guarantee the evaluator rests on: no test image is ever in a training s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,8 +229,12 @@ def test_missing_landmark_names_the_image(tmp_path):
 def test_landmark_columns_select_points_and_eye_indices_are_checked(tmp_path):
     rows = {f"f{i}.png": ["20", "10", "30", "10", "25", "15"] for i in range(4)}
     root = write_landmark_folder(tmp_path / "lm", rows)
-    data = load_data(options(root, landmark_columns=("nose_x", "nose_y", "left_eye_x", "left_eye_y")), "landmarks")
-    assert data.schema.landmark_names == ("nose", "left_eye")
+    picked = ("nose_x", "nose_y", "left_eye_x", "left_eye_y")
+    with pytest.raises(UserError, match=r"2 landmarks are not a known layout.*give --eye-indices"):
+        load_data(options(root, landmark_columns=picked), "landmarks")  # no eye pair, no known count
+    data = load_data(options(root, landmark_columns=picked, eye_indices=(0, 1)), "landmarks")
+    assert data.schema.landmark_names == ("nose", "left_eye") and data.schema.eye_indices == (0, 1)
+    assert data.schema.normalisation["rule"] == "--eye-indices"
     with pytest.raises(UserError, match="--eye-indices 0,5"):
         load_data(options(root, eye_indices=(0, 5)), "landmarks")
 
@@ -310,8 +315,11 @@ def test_saved_dataset_for_every_task(tmp_path):
     make_dataset(10).save_to_disk(str(tmp_path / "ds"))
     seg = load_data(options(tmp_path / "ds", classes=tuple(NAMES)), "segmentation")
     assert len(seg.train) + len(seg.test) == 10 and set(all_masks(seg).unique().tolist()) == {0, 1, 2}
-    lm = load_data(options(tmp_path / "ds", resolution=40), "landmarks")
+    with pytest.raises(UserError, match="3 landmarks without names are not a known layout"):
+        load_data(options(tmp_path / "ds", resolution=40), "landmarks")
+    lm = load_data(options(tmp_path / "ds", resolution=40, eye_indices=(0, 1)), "landmarks")
     assert lm.schema.landmark_names == ("p0", "p1", "p2") and not lm.schema.mirror_known
+    assert any("flips are off" in note for note in lm.notes)
     assert lm.train.landmarks[0, 0].tolist() == pytest.approx([10.0, 10.0])
     cls = load_data(options(tmp_path / "ds"), "classification")
     assert cls.schema.classes == ("no", "yes") and cls.schema.target == "label"
@@ -387,3 +395,173 @@ def test_train_and_test_sub_folders_are_kept(tmp_path):
     write_segmentation_folder(tmp_path / "tt" / "test", count=3, size=(40, 40))
     data = load_data(options(tmp_path / "tt"), "segmentation")
     assert (len(data.train), len(data.test)) == (4, 3)
+
+
+# ---------------------------------------------------------------------------
+# Issue 15: right by default on real labelled data (public layouts)
+# ---------------------------------------------------------------------------
+
+
+def face68(cx: float, cy: float, s: float) -> np.ndarray:
+    """A left/right-symmetric 68-point face laid out as iBUG 300-W numbers its points (0-based).
+
+    Built from the layout's description, independently of the evaluator's pair table: jaw 0-16 from
+    image-left to image-right, brows 17-21 / 22-26, nose bridge 27-30, nostrils 31-35, eyes 36-41 / 42-47
+    clockwise from the outer / inner corner, outer lips 48-59 and inner lips 60-67 clockwise from the
+    left corner. Mirror partners sit at reflected x and the same y.
+    """
+    t = np.linspace(-1, 1, 17)
+    jaw = np.stack([cx + s * t, cy + 0.8 * s * (1 - t * t)], 1)
+    brows = [(cx + d * s, cy - 0.5 * s) for d in (-0.8, -0.65, -0.5, -0.35, -0.2, 0.2, 0.35, 0.5, 0.65, 0.8)]
+    bridge = [(cx, cy - 0.3 * s + 0.1 * i * s) for i in range(4)]
+    nostrils = [(cx + d * s, cy + 0.2 * s) for d in (-0.2, -0.1, 0.0, 0.1, 0.2)]
+    top, bottom, mid = cy - 0.35 * s, cy - 0.25 * s, cy - 0.3 * s
+    left_eye = [(-0.6, mid), (-0.5, top), (-0.35, top), (-0.25, mid), (-0.35, bottom), (-0.5, bottom)]
+    right_eye = [(0.25, mid), (0.35, top), (0.5, top), (0.6, mid), (0.5, bottom), (0.35, bottom)]
+    eyes = [(cx + d * s, y) for d, y in left_eye + right_eye]
+    up, down, corner = cy + 0.4 * s, cy + 0.6 * s, cy + 0.5 * s
+    outer = [(-0.4, corner), (-0.25, up), (-0.1, up), (0.0, up), (0.1, up), (0.25, up), (0.4, corner),
+             (0.25, down), (0.1, down), (0.0, down), (-0.1, down), (-0.25, down)]
+    inner = [(-0.3, corner), (-0.1, up + 0.03 * s), (0.0, up + 0.03 * s), (0.1, up + 0.03 * s), (0.3, corner),
+             (0.1, down - 0.03 * s), (0.0, down - 0.03 * s), (-0.1, down - 0.03 * s)]
+    lips = [(cx + d * s, y) for d, y in outer + inner]
+    points = np.concatenate([jaw, np.array(brows + bridge + nostrils + eyes + lips)])
+    assert points.shape == (68, 2)
+    return points
+
+
+def write_numbered_landmark_csv(root, count: int = 8, size: int = 64) -> Path:
+    """images/ + landmarks.csv with the header `,0,1,...,135` (a pandas export of [68, 2] arrays)."""
+    (root / "images").mkdir(parents=True)
+    lines = ["," + ",".join(str(i) for i in range(136))]
+    for i in range(count):
+        Image.new("RGB", (size, size), (20 * i, 90, 40)).save(root / "images" / f"face{i}.png")
+        points = face68((size - 1) / 2, (size - 1) / 2 + i % 3 - 1, 20 + i)
+        lines.append(f"face{i}.png," + ",".join(f"{v:.3f}" for v in points.reshape(-1)))
+    (root / "landmarks.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_68_point_csv_with_numbered_columns_gets_outer_eye_corners_and_correct_flips(tmp_path):
+    from genbackbones.evaluate.tasks import Batches, LandmarkSettings
+
+    data = load_data(options(write_numbered_landmark_csv(tmp_path / "lm68"), resolution=64), "landmarks")
+    assert data.schema.eye_indices == (36, 45)  # iBUG 300-W: outer eye corners, not points 0 and 1
+    assert data.schema.mirror_known  # numbered columns of a known layout flip safely
+    mirror = data.schema.mirror
+    assert (mirror[0], mirror[16], mirror[36], mirror[39], mirror[48], mirror[61], mirror[30]) == \
+        (16, 0, 45, 42, 54, 63, 30)
+    # NME divides by the outer-eye-corner distance: a 1 px error on every point of a face of scale s
+    pts = torch.cat([data.train.landmarks, data.test.landmarks])
+    iod = (pts[:, 36] - pts[:, 45]).norm(dim=-1)
+    from genbackbones.evaluate.metrics import nme
+
+    shifted = pts.clone()
+    shifted[..., 0] += 1.0
+    assert nme(shifted, pts, data.schema.eye_indices) == pytest.approx(float((100 / iod).mean()), rel=1e-5)
+    # a horizontal flip of a symmetric face gives back the same face, and each point stays on its side
+    batch = data.train.take(range(len(data.train)))
+    before = batch.landmarks.clone()
+    flipped = Batches(batch, data.schema, LandmarkSettings(), 0, "cpu", True)._flip(
+        batch, torch.ones(len(batch), dtype=torch.bool))
+    assert torch.allclose(flipped.landmarks, before, atol=1e-3)
+    assert (flipped.landmarks[:, 36, 0] < flipped.landmarks[:, 45, 0]).all()
+    assert (flipped.landmarks[:, 0, 0] < flipped.landmarks[:, 16, 0]).all()
+
+
+CELEBAMASK_CLASSES = ["background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear",
+                      "r_ear", "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth"]
+
+
+def write_celebamask_like(root, count: int = 6, size: int = 48, classes_file: str | None = "classes.txt"):
+    """images/ + masks/ as 19-class palette PNGs (CelebAMask-HQ's class order), l_eye on the image left."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    ids = {name: i for i, name in enumerate(CELEBAMASK_CLASSES)}
+    palette = np.random.default_rng(0).integers(0, 255, (256, 3), dtype=np.uint8)
+    for i in range(count):
+        mask = np.full((size, size), ids["skin"], np.uint8)
+        mask[:6] = ids["hair"]
+        mask[14:20, 8:18] = ids["l_eye"]
+        mask[14:20, 30:40] = ids["r_eye"]
+        mask[8:11, 8:18] = ids["l_brow"]
+        mask[8:11, 30:40] = ids["r_brow"]
+        mask[34:38, 14:34] = ids["u_lip"]
+        mask[38:42, 14:34] = ids["l_lip"]
+        mask[44:, :] = ids["neck"]
+        mask[44:, 20 + i:24 + i] = ids["neck_l"]
+        pal = Image.fromarray(mask, mode="P")
+        pal.putpalette(palette.reshape(-1).tolist())
+        pal.save(root / "masks" / f"{i:05d}.png")
+        Image.fromarray(palette[mask] // 2 + 10 * i).save(root / "images" / f"{i:05d}.jpg")
+    if classes_file == "classes.txt":
+        (root / "classes.txt").write_text("\n".join(CELEBAMASK_CLASSES) + "\n")
+    elif classes_file == "classes.json":
+        (root / "classes.json").write_text(json.dumps(CELEBAMASK_CLASSES))
+    return root
+
+
+@pytest.mark.parametrize("classes_file", ["classes.txt", "classes.json"])
+def test_celebamask_palette_masks_with_classes_file_keep_l_eye_on_the_left_after_a_flip(tmp_path, classes_file):
+    from genbackbones.evaluate.tasks import Batches, SegmentationSettings
+
+    data = load_data(options(write_celebamask_like(tmp_path / "cm", classes_file=classes_file), resolution=48),
+                     "segmentation")
+    assert data.schema.classes == tuple(CELEBAMASK_CLASSES)
+    assert data.schema.mirror_known
+    l_eye, r_eye = CELEBAMASK_CLASSES.index("l_eye"), CELEBAMASK_CLASSES.index("r_eye")
+    mirror = data.schema.mirror
+    assert mirror[l_eye] == r_eye and mirror[CELEBAMASK_CLASSES.index("l_brow")] == CELEBAMASK_CLASSES.index("r_brow")
+    for unpaired in ("l_lip", "u_lip", "ear_r", "neck_l", "eye_g"):  # lower lip, earring, necklace: no side
+        assert mirror[CELEBAMASK_CLASSES.index(unpaired)] == CELEBAMASK_CLASSES.index(unpaired)
+    batch = data.train.take(range(len(data.train)))
+    flipped = Batches(batch, data.schema, SegmentationSettings(), 0, "cpu", True)._flip(
+        batch, torch.ones(len(batch), dtype=torch.bool))
+    xs = torch.arange(48).expand(48, 48)
+    for m in flipped.masks:
+        assert (xs[m == l_eye] < 24).all() and (xs[m == r_eye] >= 24).all()
+        assert (m == l_eye).sum() > 0
+
+
+def test_unnamed_masks_with_five_classes_turn_flips_off_and_say_why(tmp_path):
+    root = tmp_path / "five"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(6):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:16, 4:12], mask[8:16, 20:28], mask[20:24, 8:24], mask[26:, :] = 1, 2, 3, 4
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"{i}.png")
+        Image.fromarray((mask * 50 + i).astype(np.uint8)).convert("RGB").save(root / "images" / f"{i}.png")
+    data = load_data(options(root), "segmentation")
+    assert data.schema.classes == tuple(f"class_{i}" for i in range(5))
+    assert not data.schema.mirror_known
+    assert any("flip" in note and "classes.txt" in note for note in data.notes)
+    three = load_data(options(write_segmentation_folder(tmp_path / "three", count=6)), "segmentation")
+    assert len(three.schema.classes) == 3 and not three.schema.mirror_known
+    # background + one unnamed part cannot be side-specific: flips stay on
+    binary = tmp_path / "binary"
+    (binary / "images").mkdir(parents=True)
+    (binary / "masks").mkdir()
+    for i in range(4):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[10:20, 5:15] = 1
+        Image.fromarray(mask, mode="L").save(binary / "masks" / f"{i}.png")
+        Image.new("RGB", (32, 32), (i, 0, 0)).save(binary / "images" / f"{i}.png")
+    assert load_data(options(binary), "segmentation").schema.mirror_known
+
+
+def test_an_unrecognised_layout_names_the_accepted_layouts(tmp_path):
+    root = tmp_path / "odd"
+    (root / "pictures_v2").mkdir(parents=True)
+    (root / "ann_v2").mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16)).save(root / "pictures_v2" / f"{i}.png")
+        Image.new("L", (16, 16)).save(root / "ann_v2" / f"{i}.png")
+    with pytest.raises(UserError) as err:
+        load_data(options(root), "segmentation")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "images/ + masks/" in message and "train/ + test/" in message
+    assert "JPEGImages/ + SegmentationClass/" in message
+    with pytest.raises(UserError, match=r"landmarks\.csv.*\.pts"):
+        load_data(options(root), "landmarks")

@@ -131,3 +131,39 @@ def test_finetune_steps_scale_with_labels_and_are_clamped():
     assert finetune_steps(4, s) == 300
     assert finetune_steps(64, s) == 800
     assert finetune_steps(2000, s) == 2000
+
+
+def test_knn_on_a_separable_toy_set_is_perfect_and_on_shuffled_labels_is_chance():
+    from genbackbones.evaluate.tasks import knn_predict
+
+    g = torch.Generator().manual_seed(0)
+    centres = 10 * torch.randn(4, 32, generator=g)
+
+    def sample(n):
+        labels = torch.arange(n) % 4
+        return centres[labels] + torch.randn(n, 32, generator=g), labels
+
+    train_x, train_y = sample(200)
+    test_x, test_y = sample(2000)
+    pred = knn_predict(train_x, train_y, test_x, num_classes=4, k=20, temperature=0.07)
+    assert top1(pred, test_y) == 100.0
+    # labels shuffled against the features: nothing to find. (Shuffling only the 200 training labels of the
+    # 4 clusters would not do: every test point of a cluster would get that cluster's one majority label.)
+    noise_train, noise_test = torch.randn(200, 32, generator=g), torch.randn(2000, 32, generator=g)
+    shuffled = train_y[torch.randperm(len(train_y), generator=g)]
+    chance = top1(knn_predict(noise_train, shuffled, noise_test, num_classes=4, k=20, temperature=0.07), test_y)
+    assert 25.0 - 4.0 < chance < 25.0 + 4.0  # 4 balanced classes; 2000 test points: std of chance ~1 %
+
+
+def test_knn_votes_are_temperature_weighted_cosine_similarities():
+    from genbackbones.evaluate.tasks import knn_predict
+
+    # test point along +x; two class-1 neighbours at 60 degrees (cos 0.5), one class-0 neighbour at 0 degrees
+    train_x = torch.tensor([[1.0, 0.0], [0.5, 0.866], [0.5, -0.866]])
+    train_y = torch.tensor([0, 1, 1])
+    test_x = torch.tensor([[3.0, 0.0]])  # cosine: the length does not matter
+    # T = 0.07: exp(1/T) = 1.6e6 outweighs 2 exp(0.5/T) = 2.5e3, class 0 wins; T = 10: 1.105 < 2 x 1.051, class 1
+    assert knn_predict(train_x, train_y, test_x, num_classes=2, k=3, temperature=0.07).tolist() == [0]
+    assert knn_predict(train_x, train_y, test_x, num_classes=2, k=3, temperature=10.0).tolist() == [1]
+    # k larger than the number of labelled images uses them all (4 labels, k=20)
+    assert knn_predict(train_x, train_y, test_x, num_classes=2, k=20, temperature=10.0).tolist() == [1]

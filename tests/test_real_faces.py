@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -110,7 +111,9 @@ def test_evaluate_writes_one_readme_for_utkface_classification_and_your_own_mask
     assert real_faces.main(["evaluate", *common, "--targets", "gender", "--protocols", "linear"]) == 0
     masks = write_segmentation_folder(tmp_path / "mine", count=16)
     assert real_faces.main(["evaluate", *common, "--task", "segmentation", "--data", str(masks),
-                            "--set", "data.test_size=6"]) == 0
+                            "--set", "data.test_size=6", "--classes", "background,lips,eyes"]) == 0
+    seg = json.loads((out / "segmentation" / "results.json").read_text())
+    assert seg["data"]["classes"] == ["background", "lips", "eyes"] and seg["data"]["classes_source"] == "--classes"
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "gender-linear", "segmentation"]
     text = (out / "README.md").read_text()
     assert "## gender-linear" in text and "## segmentation" in text and "smoke test" in text
@@ -121,3 +124,22 @@ def test_evaluate_writes_one_readme_for_utkface_classification_and_your_own_mask
 def test_evaluate_without_a_prepared_folder_is_a_one_line_error(real_faces, tmp_path, capsys):
     assert real_faces.main(["evaluate", str(tmp_path), "--work", str(tmp_path / "none")]) == 2
     assert "run `python benchmarks/real_faces.py prepare` first" in capsys.readouterr().err
+
+
+def test_every_data_flag_of_the_evaluator_reaches_the_benchmark_and_the_command(real_faces):
+    """One flag table: `genbackbones evaluate` and `real_faces.py evaluate` read the same data options."""
+    import typer
+
+    from genbackbones.cli import app
+    from genbackbones.evaluate.options import DATA_FLAGS, data_options, flag_values
+
+    command = typer.main.get_command(app).commands["evaluate"]
+    typer_flags = {opt for p in command.params for opt in p.opts}
+    argv = ["evaluate", "runs/x"]
+    for flag in DATA_FLAGS:
+        assert flag.flag in typer_flags, flag.flag
+        argv += [flag.flag, {"eye_indices": "36,45", "data_split": "train,test"}.get(flag.field, "v")]
+    args = real_faces.parse_args(argv)
+    options = data_options("faces", 64, **flag_values(args))
+    assert options.eye_indices == (36, 45) and options.data_split == ("train", "test")
+    assert options.classes == ("v",) and options.data_dir == "v" and options.image_column == "v"

@@ -26,14 +26,17 @@ if TYPE_CHECKING:  # torch, timm and friends load on first use: `genbackbones --
     from rich.console import Console
 
     from .backbones import ResolvedBackbone
-    from .data import DataOptions, EvalData
+    from .data import EvalData
+    from .options import DataOptions
 
-__all__ = ["DataOptions", "evaluate", "run_evaluation", "parse_labels"]
+__all__ = ["DataOptions", "evaluate", "run_evaluation", "parse_labels", "MEAN_SHAPE"]
+
+MEAN_SHAPE = "mean shape"  # the landmark reference row: the training labels' mean shape for every test image
 
 
 def __getattr__(name: str):
     if name == "DataOptions":
-        from .data import DataOptions
+        from .options import DataOptions
 
         return DataOptions
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -80,6 +83,8 @@ def run_evaluation(backbones: list[str], task: str = "segmentation", data: DataO
     plan = _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, protocol, device, run)
     for u in plan.unavailable:
         console.print(f"[yellow]{u.name}:[/] {u.reason}", highlight=False, soft_wrap=True)
+    for note in plan.data.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     runs = _run_all(plan, console)
     return _results(plan, runs, time.perf_counter() - started)
 
@@ -103,7 +108,8 @@ class _Plan:
 def _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, protocol, device, run) -> _Plan:
     """Check every input (UserError on anything wrong), resolve backbones and baselines, load the data."""
     from .backbones import check_input, resolve_backbone, resolve_baselines, unique_names
-    from .data import DataOptions, apply_data_overrides, check_disjoint, load_data, subset_positions
+    from .data import check_disjoint, load_data, subset_positions
+    from .options import DataOptions, apply_data_overrides
     from .tasks import SETTINGS, make_settings
 
     if task not in SETTINGS:
@@ -118,6 +124,8 @@ def _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, pr
     dev = _device(device)
 
     models = [resolve_backbone(b) for b in backbones]
+    if any(m.name == MEAN_SHAPE for m in models):
+        raise UserError(f"a backbone is named {MEAN_SHAPE!r}, the name of the landmark reference row; rename it")
     subject = _subject(models, run)
     models.insert(0, models.pop(models.index(subject)))
     extra, unavailable = resolve_baselines([b for b in baselines if b and b != "none"], models)
@@ -144,6 +152,10 @@ def _results(plan: _Plan, runs: list[dict], seconds: float) -> dict:
     from .tasks import metric_specs
 
     schema, names = plan.data.schema, plan.data.train.names
+    backbones = [m.describe() for m in plan.models]
+    if plan.task == "landmarks":
+        backbones.append({"name": MEAN_SHAPE, "reference": "the mean of the N training labels' landmarks, "
+                          "predicted for every test image", "kind": "reference"})
     return {
         "format": "genbackbones-evaluation/1",
         "task": plan.task,
@@ -154,11 +166,12 @@ def _results(plan: _Plan, runs: list[dict], seconds: float) -> dict:
         "settings": asdict(plan.settings),
         "data": {**plan.data.description, "options": asdict(plan.options), "resolution": plan.options.resolution,
                  "classes": list(schema.classes), "landmarks": list(schema.landmark_names),
-                 "eye_indices": list(schema.eye_indices), "target": schema.target,
-                 "flip_mirror": list(schema.mirror)},
+                 "eye_indices": list(schema.eye_indices), "normalisation": schema.normalisation or None,
+                 "target": schema.target, "flip_mirror": list(schema.mirror), "flip": _flip_used(plan)},
+        "notes": list(plan.data.notes),
         "subsets": {str(n): {str(s): [names[p] for p in plan.subsets[(n, s)]] for s in plan.seeds}
                     for n in plan.counts},
-        "backbones": [m.describe() for m in plan.models],
+        "backbones": backbones,
         "unavailable": [{"name": u.name, "reason": u.reason} for u in plan.unavailable],
         "runs": runs,
         "timing": {"total_seconds": round(seconds, 1), "device": str(plan.device),
@@ -167,6 +180,29 @@ def _results(plan: _Plan, runs: list[dict], seconds: float) -> dict:
         "command": sys.argv,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _flip_used(plan: _Plan) -> bool:
+    """Whether fine-tuning flips images (the setting, unless the data cannot be flipped safely)."""
+    uses_finetuning = plan.task != "classification" or plan.settings.protocol == "finetune"
+    return bool(uses_finetuning and plan.settings.flip and plan.data.schema.mirror_known)
+
+
+def _reference_runs(plan: _Plan, subset_data: dict) -> list[dict]:
+    """Landmarks: the mean shape of each labelled subset, scored like a backbone (same subsets, same test)."""
+    from .tasks import mean_shape_nme, metric_specs
+
+    if plan.task != "landmarks":
+        return []
+    keys = [m.key for m in metric_specs(plan.task, plan.settings)]
+    runs = []
+    for seed in plan.seeds:
+        for n in plan.counts:
+            value = mean_shape_nme(subset_data[(n, seed)], plan.data.test, plan.data.schema)
+            # the same number in every landmark table: it is the reference for each protocol
+            runs.append({"backbone": MEAN_SHAPE, "labels": n, "seed": seed, "metrics": {k: value for k in keys},
+                         "seconds": 0.0})
+    return runs
 
 
 def parse_labels(labels: str | list) -> list:
@@ -209,7 +245,7 @@ def _run_all(plan: _Plan, console: Console) -> list[dict]:
                 shown = " · ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items() if isinstance(v, float))
                 console.print(f"[{done}/{total}] {model.name} · {n} labels · seed {seed} · {shown} · "
                               f"{result['seconds']:.0f} s", highlight=False)
-    return runs
+    return runs + _reference_runs(plan, subset_data)
 
 
 def _subject(models: list[ResolvedBackbone], run: Path | None) -> ResolvedBackbone:
@@ -260,7 +296,8 @@ def _protocol_name(task: str, settings) -> str:
     if task == "landmarks":
         parts = (["heatmap fine-tuned"] if settings.heatmap else []) + (["frozen + ridge"] if settings.ridge else [])
         return " / ".join(parts)
-    return "linear probe, frozen" if settings.protocol == "linear" else "fine-tuned"
+    knn = f"kNN (k={settings.knn_k}, cosine, T={settings.knn_temperature:g}), frozen"
+    return {"linear": "linear probe, frozen", "knn": knn, "finetune": "fine-tuned"}[settings.protocol]
 
 
 def _versions() -> dict:

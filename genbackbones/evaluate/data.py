@@ -5,92 +5,62 @@ sources are turned into `Labelled` tensors at the evaluation resolution once, be
 any training, and every bad row is reported (a `UserError` naming the file) before
 anything is written.
 
-Sources (`DataOptions.source`):
+Sources (`DataOptions.source`, see options.py):
 
 - `faces` (default): the bundled procedural domain. Train pool = the first `pool`
   faces of its "train" index range, test = the first `test_size` of its "test" range;
   the ranges are disjoint by construction. Faces are rendered on demand.
-- a local folder: `images/` (+ `masks/`, `landmarks.csv`, `labels.csv`), or flat
-  images with a file-name pattern, or `<class>/<image>` sub-folders. A folder with
-  `train/` and `test/` sub-folders (each laid out as above) keeps that split; any
-  other folder is split once with a fixed seed (`split_seed`, `test_fraction`).
-- a `datasets` dataset: a folder written by `save_to_disk`, or a Hub id present in
-  the local cache. A `test` (else `validation`) split is used as the test set when
-  there is one; otherwise the fixed-seed split above.
+- a local folder in one of the layouts of `folders.py` (images + masks, landmark CSV or
+  per-image `.pts` files, labels CSV, class sub-folders, file-name patterns; optionally
+  under `train/` and `test/`). A folder without `train/` + `test/` is split once with a
+  fixed seed (`split_seed`, `test_fraction`).
+- a `datasets` dataset (`hfdata.py`): a Hub id from the local cache, a `save_to_disk`
+  folder, or a builder name with `--data-dir`.
 
 Geometry: images are centre-cropped to a square and resized to the evaluation
 resolution (as `genbackbones.data.images.to_square_rgb` does); masks get the same
-crop and a nearest-neighbour resize; landmarks (pixel centres at integer
-coordinates, as in the bundled domain) get the same crop and scale.
+crop and a nearest-neighbour resize; landmarks (pixel centres at integer coordinates,
+as in the bundled domain) get the same crop and scale. Landmarks that fall outside the
+crop are counted and reported; more than `max_outside` of them is an error.
 
 Masks: class-index PNG (mode L/I: pixel value = class), palette PNG (mode P: palette
 index = class), or colour-coded RGB with a colour -> class map (`class_colors`);
 anti-aliased edge colours (blends of two class colours) snap to the nearer class.
 Pixel value 255 in an index mask means "ignore".
+
+Horizontal flips (the fine-tuning augmentation) must swap side-specific labels. The
+schema says how (`Schema.mirror`) and whether flipping is safe at all (`mirror_known`):
+landmarks follow their layout (landmarks.py); mask classes swap by name (`l_eye` <->
+`r_eye`), and masks with more than two classes and no names are not flipped (a note
+says why), since a class could be one side of the face.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data.images import IMAGE_SUFFIXES, to_square_rgb
+from ..data.images import to_square_rgb
 from ..errors import UserError
+from .landmarks import mirror_permutation, resolve_layout
 from .metrics import IGNORE_INDEX
+from .options import DataOptions, apply_data_overrides, check
+
+__all__ = ["DataOptions", "apply_data_overrides", "EvalData", "Labelled", "Schema", "MaskReader", "load_data",
+           "subset_positions", "check_disjoint", "mirror_permutation", "parse_class_colors", "snap_colours"]
 
 TASKS = ("segmentation", "landmarks", "classification")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-NAME_COLUMNS = ("name", "file", "filename", "file_name", "image", "image_name", "path")
 COLOUR_TOLERANCE = 30.0  # RGB distance within which a mask colour belongs to a class colour or a blend of two
 MIN_UNMAPPED_PIXELS = 16  # an unmapped colour covering at least this many pixels is an error, not anti-aliasing
-
-
-@dataclass
-class DataOptions:
-    """Where the labelled data comes from and how to read it (recorded in the results)."""
-
-    source: str = "faces"
-    resolution: int | None = None  # None: the first backbone's pretrained_cfg input size
-    target: str | None = None  # classification attribute / label column (faces default: hair_colour)
-    image_column: str = "image"
-    mask_column: str = "mask"
-    landmark_columns: tuple[str, ...] | None = None  # one [K,2] column, or x,y column pairs
-    eye_indices: tuple[int, int] = (0, 1)
-    classes: tuple[str, ...] | None = None  # segmentation class names for index masks
-    class_colors: str | None = None  # colour map file (JSON/YAML) or "name=#rrggbb,..."
-    label_pattern: str | None = None  # regex with named groups applied to file names
-    pool: int = 2000  # faces: size of the labelled train pool
-    test_size: int = 500  # faces: number of test images
-    test_fraction: float = 0.2  # folders/datasets without a test split
-    split_seed: int = 0  # folders/datasets without a test split
-    faces_seed: int = 0  # faces: the domain seed
-
-
-def apply_data_overrides(options: DataOptions, items: Sequence[str]) -> DataOptions:
-    """`data.key=value` settings (pool, test_size, test_fraction, split_seed, faces_seed, resolution)."""
-    from dataclasses import replace
-
-    allowed = {"pool": int, "test_size": int, "test_fraction": float, "split_seed": int, "faces_seed": int,
-               "resolution": int}
-    for item in items:
-        key, sep, value = item.strip()[len("data."):].partition("=")
-        if not sep or key not in allowed:
-            raise UserError(f"--set {item!r}: unknown data setting; valid: {', '.join('data.' + k for k in allowed)}")
-        try:
-            options = replace(options, **{key: allowed[key](value)})
-        except ValueError:
-            raise UserError(f"--set {item!r}: expected a {allowed[key].__name__}") from None
-    if options.pool < 1 or options.test_size < 1:
-        raise UserError("data.pool and data.test_size must be at least 1")
-    return options
+DECODE_CHUNK = 64  # rows decoded at a time: only this many full-size images are ever held at once
 
 
 @dataclass
@@ -115,23 +85,30 @@ class Labelled:
 
 @dataclass
 class Schema:
-    """What the labels mean: class names, landmark names, eye points, the left/right mirror."""
+    """What the labels mean: class names, landmark names, normalising points, the left/right mirror."""
 
     task: str
     resolution: int
     classes: tuple[str, ...] = ()  # segmentation classes, or the target's classes
     landmark_names: tuple[str, ...] = ()
-    eye_indices: tuple[int, int] = (0, 1)
+    eye_indices: tuple[int, int] = (0, 1)  # the two points whose distance normalises NME
     target: str | None = None
+    flip_mirror: tuple[int, ...] | None = None  # explicit mirror (a numbered layout's pairs); None: by name
+    flip_safe: bool | None = None  # decided by the loader; None: landmarks need named pairs, classes are fine
+    normalisation: dict = field(default_factory=dict)  # how eye_indices were chosen (results.json)
 
     @property
     def mirror(self) -> tuple[int, ...]:
-        """Where each class / landmark goes under a horizontal flip (left <-> right names swap)."""
+        """Where each class / landmark goes under a horizontal flip (left <-> right swap)."""
+        if self.flip_mirror is not None:
+            return tuple(self.flip_mirror)
         return mirror_permutation(self.landmark_names if self.task == "landmarks" else self.classes)
 
     @property
     def mirror_known(self) -> bool:
-        """Landmarks need named left/right pairs to be flipped safely; classes are assumed symmetric."""
+        """Whether a horizontal flip can be applied with labels swapped correctly."""
+        if self.flip_safe is not None:
+            return self.flip_safe
         if self.task != "landmarks":
             return True
         return any(i != j for i, j in enumerate(self.mirror))
@@ -143,6 +120,10 @@ class EvalData:
     test: Labelled
     schema: Schema
     description: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # things the user should know (printed and recorded)
+
+
+HUB_ONLY = ("data_config", "data_revision", "data_dir", "data_split")
 
 
 def load_data(options: DataOptions, task: str) -> EvalData:
@@ -151,18 +132,33 @@ def load_data(options: DataOptions, task: str) -> EvalData:
         raise UserError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if options.resolution is None or options.resolution < 16:
         raise UserError(f"evaluation resolution must be at least 16 px, got {options.resolution}")
+    check(options)
+    from .hfdata import is_saved_dataset, load_hf
+
     if options.source in ("faces", "", None):
+        _refuse_hub_options(options, "the bundled faces")
         return _faces(options, task)
     path = Path(options.source)
-    if path.is_dir():
-        data = _hf_dataset(options.source, options, task) if _is_saved_dataset(path) else _folder(path, options, task)
+    if path.is_dir() and not is_saved_dataset(path):
+        from .folders import load_folder
+
+        _refuse_hub_options(options, f"a folder ({path})")
+        data = load_folder(path, options, task)
+    elif path.is_dir():
+        data = load_hf(options, task)
     elif path.exists():
         raise UserError(f"--data {path} is a file; give a folder, a saved `datasets` dataset or a Hub id")
     elif options.source.startswith(("/", "./", "../", "~")):
         raise UserError(f"--data {options.source}: folder does not exist")
     else:
-        data = _hf_dataset(options.source, options, task)  # a Hub id, from the local cache when offline
+        data = load_hf(options, task)  # a Hub id from the local cache, or a builder name with --data-dir
     return _drop_duplicated_test_images(data)
+
+
+def _refuse_hub_options(options: DataOptions, what: str) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in HUB_ONLY if getattr(options, name)]
+    if given:
+        raise UserError(f"{', '.join(given)} apply to `datasets` data (a Hub id or a builder name), not to {what}")
 
 
 # ---------------------------------------------------------------------------
@@ -186,18 +182,6 @@ def check_disjoint(data: EvalData, subsets: dict) -> None:
         overlap = test_names.intersection(train_names[p] for p in positions)
         if overlap:
             raise RuntimeError(f"bug: training subset {key} contains test images {sorted(overlap)[:3]}")
-
-
-def mirror_permutation(names: Sequence[str]) -> tuple[int, ...]:
-    """Index of each name's mirror partner (left_eye <-> right_eye, l_brow <-> r_brow), else itself."""
-    swap = {"left": "right", "right": "left", "l": "r", "r": "l"}
-    lookup = {n.lower(): i for i, n in enumerate(names)}
-    out = []
-    for i, name in enumerate(names):
-        parts = re.split(r"([_\-\s.]+)", name.lower())
-        mirrored = "".join(swap.get(p, p) for p in parts)
-        out.append(lookup.get(mirrored, i) if mirrored != name.lower() else i)
-    return tuple(out)
 
 
 # ---------------------------------------------------------------------------
@@ -244,14 +228,18 @@ def _faces(options: DataOptions, task: str) -> EvalData:
     test = FacePool(domain, test_indices, task, target).take(range(len(test_indices)))
     schema = Schema(task, options.resolution, classes=SEG_CLASSES if task == "segmentation" else
                     (ATTRIBUTES[target] if task == "classification" else ()),
-                    landmark_names=LANDMARK_NAMES if task == "landmarks" else (),
-                    eye_indices=(0, 1), target=target if task == "classification" else None)
+                    target=target if task == "classification" else None)
+    if task == "landmarks":
+        layout = resolve_layout(LANDMARK_NAMES, options.eye_indices, "faces")
+        schema.landmark_names, schema.eye_indices = LANDMARK_NAMES, layout.eye_indices
+        schema.flip_mirror, schema.flip_safe, schema.normalisation = layout.mirror, layout.flip, layout.normalisation
     description = {
-        "source": "faces", "name": "genbackbones/faces",
+        "source": "faces", "name": "genbackbones bundled faces (procedural)",
         "summary": f"bundled stylised faces, seed {options.faces_seed}, {options.resolution} px",
         "train_pool": f"train indices {train.indices.start}..{train.indices.stop - 1} ({len(train)} images)",
         "test": f"test indices {test_indices.start}..{test_indices.stop - 1} ({len(test)} images)",
         "split": "disjoint index ranges of the domain (FaceDomain 'train' / 'test')",
+        "classes_source": "genbackbones.data.faces.SEG_CLASSES" if task == "segmentation" else None,
     }
     return EvalData(train, test, schema, description)
 
@@ -404,6 +392,66 @@ def _snap_blends(colours: np.ndarray, palette: np.ndarray, tolerance: float) -> 
     return cls, dist[rows, best] <= tolerance
 
 
+CLASS_FILES = ("classes.txt", "classes.json", "id2label.json")
+
+
+def read_class_names(folders: Sequence[Path]) -> tuple[tuple[str, ...] | None, str | None, str | None]:
+    """(class names, colour-map file, where they came from) from the first class file in `folders`.
+
+    `classes.txt`: one name per line in class-index order (or `index name` / `index: name` lines);
+    `classes.json` / `id2label.json`: a list of names, {index: name} (the Hub's id2label), {name: index},
+    or {name: colour} / [{name, color}] (a colour map for colour-coded masks).
+    """
+    for folder in folders:
+        for name in CLASS_FILES:
+            path = Path(folder) / name
+            if path.is_file():
+                names, colours = _parse_class_file(path)
+                return names, colours, str(path)
+    return None, None, None
+
+
+def _parse_class_file(path: Path) -> tuple[tuple[str, ...] | None, str | None]:
+    if path.suffix == ".txt":
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        numbered = [re.fullmatch(r"(\d+)\s*[:,=\s]\s*(.+)", ln) for ln in lines]
+        if lines and all(numbered):
+            return _from_index_map({int(m.group(1)): m.group(2).strip() for m in numbered}, path), None
+        return _check_names(tuple(lines), path), None
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+        return _check_names(tuple(raw), path), None
+    if isinstance(raw, list) or (isinstance(raw, dict) and raw and all(_is_colour(v) for v in raw.values())):
+        return None, str(path)  # a colour map: read by parse_class_colors
+    if isinstance(raw, dict) and raw and all(_is_int(k) for k in raw):
+        return _from_index_map({int(k): str(v) for k, v in raw.items()}, path), None
+    if isinstance(raw, dict) and raw and all(isinstance(v, int) for v in raw.values()):
+        return _from_index_map({v: str(k) for k, v in raw.items()}, path), None
+    raise UserError(f"{path}: expected a list of class names, {{index: name}}, {{name: index}} or {{name: colour}}")
+
+
+def _is_colour(value) -> bool:
+    return (isinstance(value, str) and re.fullmatch(r"#?[0-9a-fA-F]{6}", value.strip()) is not None) or \
+        (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) for v in value))
+
+
+def _from_index_map(mapping: dict[int, str], path: Path) -> tuple[str, ...]:
+    if min(mapping) < 0:
+        raise UserError(f"{path}: class indices must be 0 or more")
+    return _check_names(tuple(mapping.get(i, f"class_{i}") for i in range(max(mapping) + 1)), path)
+
+
+def _check_names(names: tuple[str, ...], path: Path) -> tuple[str, ...]:
+    if not names:
+        raise UserError(f"{path}: no class names")
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: a class name appears twice")
+    return names
+
+
 # ---------------------------------------------------------------------------
 # Rows: what every non-bundled source produces before images are decoded
 # ---------------------------------------------------------------------------
@@ -412,10 +460,18 @@ def _snap_blends(colours: np.ndarray, palette: np.ndarray, tolerance: float) -> 
 @dataclass
 class _Row:
     name: str
-    image: object  # a path, or something `_open` understands (PIL image, bytes dict, array)
+    image: object  # a path, or something `_open` understands (PIL image, bytes dict, array); None: fetched later
     mask: object = None
     points: np.ndarray | None = None  # [K, 2] in original pixels
     label: object = None  # raw value, mapped to a class index later
+    ref: tuple | None = None  # (dataset, row index) for rows decoded a batch at a time (hfdata.py)
+
+
+Fetch = Callable[[list[_Row]], list[tuple[object, object]]]  # rows -> (image, mask) objects, decoded on demand
+
+
+def _paths(rows: list[_Row]) -> list[tuple[object, object]]:
+    return [(r.image, r.mask) for r in rows]
 
 
 def _open(obj, name: str):
@@ -433,8 +489,11 @@ def _open(obj, name: str):
             image = Image.open(obj["path"])
         elif isinstance(obj, (str, Path)):
             image = Image.open(obj)
-        elif isinstance(obj, np.ndarray):
-            image = Image.fromarray(obj)
+        elif isinstance(obj, (np.ndarray, list)):  # arrays, or nested lists (a mask column of ClassLabel ids)
+            array = np.asarray(obj)
+            if array.dtype.kind in "iu" and array.ndim == 2:
+                array = array.astype(np.uint8 if array.max(initial=0) < 256 else np.int32)
+            image = Image.fromarray(array)
         else:
             raise TypeError(f"unsupported value of type {type(obj).__name__}")
         image.load()
@@ -445,19 +504,23 @@ def _open(obj, name: str):
 
 
 def _materialise(rows: list[_Row], task: str, resolution: int, masks: MaskReader | None,
-                 label_map: dict | None) -> Labelled:
-    """Decode, validate and resize every row."""
+                 label_map: dict | None, fetch: Fetch = _paths) -> Labelled:
+    """Decode, validate and resize every row, `DECODE_CHUNK` rows at a time."""
     images, mask_list, point_list, labels = [], [], [], []
-    for row in rows:
-        image = _open(row.image, row.name)
-        width, height = image.size
-        images.append(to_square_rgb(image, resolution, row.name).transpose(2, 0, 1))
-        if task == "segmentation":
-            mask_list.append(_read_mask(row, width, height, resolution, masks))
-        elif task == "landmarks":
-            point_list.append(_square_points(row.points, width, height, resolution))
-        else:
-            labels.append(label_map[row.label])
+    for start in range(0, len(rows), DECODE_CHUNK):
+        chunk = rows[start:start + DECODE_CHUNK]
+        for row, (image_obj, mask_obj) in zip(chunk, fetch(chunk)):
+            if image_obj is None:
+                raise UserError(f"{row.name}: no image")
+            image = _open(image_obj, row.name)
+            width, height = image.size
+            images.append(to_square_rgb(image, resolution, row.name).transpose(2, 0, 1))
+            if task == "segmentation":
+                mask_list.append(_read_mask(row.name, mask_obj, width, height, resolution, masks))
+            elif task == "landmarks":
+                point_list.append(_square_points(row.points, width, height, resolution))
+            else:
+                labels.append(label_map[row.label])
     out = Labelled(torch.from_numpy(np.stack(images)) if images else torch.zeros(0, 3, resolution, resolution,
                                                                                    dtype=torch.uint8),
                    [r.name for r in rows])
@@ -470,18 +533,20 @@ def _materialise(rows: list[_Row], task: str, resolution: int, masks: MaskReader
     return out
 
 
-def _read_mask(row: _Row, width: int, height: int, resolution: int, reader: MaskReader) -> np.ndarray:
-    mask_name = str(row.mask) if isinstance(row.mask, (str, Path)) else f"{row.name} (mask)"
-    image = _open(row.mask, mask_name)
+def _read_mask(row_name: str, mask_obj, width: int, height: int, resolution: int, reader: MaskReader) -> np.ndarray:
+    if mask_obj is None:
+        raise UserError(f"{row_name}: no mask")
+    mask_name = str(mask_obj) if isinstance(mask_obj, (str, Path)) else f"{row_name} (mask)"
+    image = _open(mask_obj, mask_name)
     if image.size != (width, height):
-        raise UserError(f"{mask_name}: mask is {image.size[0]}x{image.size[1]} but its image {row.name} is "
+        raise UserError(f"{mask_name}: mask is {image.size[0]}x{image.size[1]} but its image {row_name} is "
                         f"{width}x{height}; masks must have the image's size")
     classes = reader(image, mask_name)
     num = len(reader.classes) if reader.classes else None
     valid = classes[classes != IGNORE_INDEX]
     if num is not None and valid.size and int(valid.max()) >= num:
         raise UserError(f"{mask_name}: class index {int(valid.max())} but only {num} classes are named "
-                        f"({', '.join(reader.classes)}); fix the mask or --classes")
+                        f"({', '.join(reader.classes)}); fix the mask or the class names")
     return _square_mask(classes, resolution)
 
 
@@ -509,50 +574,119 @@ def _mask_classes(reader: MaskReader, parts: list[Labelled]) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(max(observed, default=0) + 1))
 
 
-def _check_points(rows: list[_Row], eye_indices: tuple[int, int]) -> int:
+def _point_count(rows: list[_Row]) -> int:
     counts = {r.points.shape[0] for r in rows}
     if len(counts) > 1:
         raise UserError(f"landmark rows have different numbers of points: {sorted(counts)}")
     k = counts.pop() if counts else 0
-    if k < 2 or max(eye_indices) >= k or eye_indices[0] == eye_indices[1]:
-        raise UserError(f"--eye-indices {eye_indices[0]},{eye_indices[1]} do not name two of the {k} landmarks")
+    if k < 2:
+        raise UserError(f"landmarks need at least 2 points per image, got {k}")
     return k
 
 
-def _split(rows: list[_Row], options: DataOptions) -> tuple[list[_Row], list[_Row]]:
+def split_rows(rows: list, options: DataOptions) -> tuple[list, list]:
     """A fixed-seed split into train pool and test set (independent of the evaluation seeds)."""
     if len(rows) < 2:
         raise UserError(f"{options.source}: need at least 2 labelled images to split into train and test, "
                         f"found {len(rows)}")
-    if not 0 < options.test_fraction < 1:
-        raise UserError(f"test_fraction must be between 0 and 1, got {options.test_fraction}")
     perm = np.random.default_rng([options.split_seed, 104729]).permutation(len(rows))
     n_test = min(len(rows) - 1, max(1, round(len(rows) * options.test_fraction)))
     test = set(perm[:n_test].tolist())
     return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
 
 
-def _assemble(train_rows: list[_Row], test_rows: list[_Row], options: DataOptions, task: str,
-              label_names: Sequence[str] | None, landmark_names: Sequence[str] | None, description: dict) -> EvalData:
-    """Rows of both splits -> validated tensors and the schema."""
+def fixed_split_description(options: DataOptions) -> str:
+    return f"fixed-seed split (split_seed={options.split_seed}, test_fraction={options.test_fraction})"
+
+
+@dataclass
+class Found:
+    """What a source found besides the rows: names that give the labels meaning, and where they came from."""
+
+    label_names: Sequence[str] | None = None  # classification: ClassLabel names (their order is the index)
+    landmark_names: Sequence[str] | None = None
+    class_names: Sequence[str] | None = None  # segmentation: from a class file or the dataset's features
+    class_colors: str | None = None  # segmentation: a colour-map file found beside the data
+    classes_source: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _assemble(train_rows: list[_Row], test_rows: list[_Row], options: DataOptions, task: str, found: Found,
+              description: dict, fetch: Fetch = _paths) -> EvalData:
+    """Rows of both splits -> validated tensors, the schema, and the notes the user should read."""
     if not train_rows or not test_rows:
         raise UserError(f"{options.source}: the train and the test split each need at least one labelled image "
                         f"(found {len(train_rows)} and {len(test_rows)})")
-    reader = MaskReader(options.class_colors, options.classes) if task == "segmentation" else None
-    label_map, classes = (None, ())
-    if task == "classification":
-        label_map, classes = _label_map([r.label for r in train_rows + test_rows], label_names)
-    if task == "landmarks":
-        k = _check_points(train_rows + test_rows, options.eye_indices)
-        landmark_names = tuple(landmark_names or (f"p{i}" for i in range(k)))
-    train = _materialise(train_rows, task, options.resolution, reader, label_map)
-    test = _materialise(test_rows, task, options.resolution, reader, label_map)
+    notes = list(found.notes)
+    schema = Schema(task, options.resolution, target=options.target if task == "classification" else None)
+    reader, label_map = None, None
     if task == "segmentation":
-        classes = _mask_classes(reader, [train, test])
-    schema = Schema(task, options.resolution, classes=tuple(classes), landmark_names=tuple(landmark_names or ()),
-                    eye_indices=tuple(options.eye_indices), target=options.target if task == "classification" else None)
+        reader, description["classes_source"] = _mask_reader(options, found)
+    elif task == "classification":
+        label_map, classes = _label_map([r.label for r in train_rows + test_rows], found.label_names)
+        schema.classes = tuple(classes)
+    else:
+        k = _point_count(train_rows + test_rows)
+        names = tuple(found.landmark_names or (f"p{i}" for i in range(k)))
+        layout = resolve_layout(names, options.eye_indices, str(options.source))
+        _check_normaliser(train_rows + test_rows, layout.eye_indices)
+        schema.landmark_names, schema.eye_indices = names, layout.eye_indices
+        schema.flip_mirror, schema.flip_safe, schema.normalisation = layout.mirror, layout.flip, layout.normalisation
+        notes += layout.notes
+    train = _materialise(train_rows, task, options.resolution, reader, label_map, fetch)
+    test = _materialise(test_rows, task, options.resolution, reader, label_map, fetch)
+    if task == "segmentation":
+        schema.classes = _mask_classes(reader, [train, test])
+        schema.flip_safe = reader.classes is not None or len(schema.classes) <= 2
+        if not schema.flip_safe:
+            notes.append(f"{options.source}: horizontal flips are off: the masks have {len(schema.classes)} classes "
+                         "and no class names, so a class could be one side of the face; name them (classes.txt "
+                         "beside masks/, one name per line, or --classes) to flip with left/right classes swapped")
+    if task == "landmarks":
+        description["landmarks_outside_crop"] = _outside_crop([train, test], options, notes)
     description = {**description, "train_pool": f"{len(train)} images", "test": f"{len(test)} images"}
-    return EvalData(train, test, schema, description)
+    return EvalData(train, test, schema, description, notes)
+
+
+def _mask_reader(options: DataOptions, found: Found) -> tuple[MaskReader, str]:
+    """The class names by precedence: --class-colors, --classes, a class file / the dataset's features."""
+    if options.class_colors:
+        return MaskReader(options.class_colors, options.classes), "--class-colors"
+    if options.classes:
+        return MaskReader(None, options.classes), "--classes"
+    if found.class_colors:
+        return MaskReader(found.class_colors, None), found.classes_source
+    if found.class_names:
+        return MaskReader(None, found.class_names), found.classes_source
+    return MaskReader(None, None), "none found: classes numbered class_0, class_1, ..."
+
+
+def _check_normaliser(rows: list[_Row], eyes: tuple[int, int]) -> None:
+    """Every image needs two distinct normalising points, or its NME is a division by zero."""
+    for row in rows:
+        if np.linalg.norm(row.points[eyes[0]] - row.points[eyes[1]]) <= 0:
+            raise UserError(f"{row.name}: normalising points {eyes[0]} and {eyes[1]} coincide; fix the landmarks "
+                            "or choose others with --eye-indices")
+
+
+def _outside_crop(parts: list[Labelled], options: DataOptions, notes: list[str]) -> dict:
+    """Points outside the square crop: counted, reported, and an error past `max_outside` of all points."""
+    r = options.resolution
+    points = torch.cat([p.landmarks for p in parts])
+    names = [n for p in parts for n in p.names]
+    outside = ((points < -0.5) | (points > r - 0.5)).any(-1)  # [N, K]
+    count, total = int(outside.sum()), outside.numel()
+    per_image = outside.sum(1)
+    record = {"points": count, "of": total, "images": int((per_image > 0).sum()),
+              "worst": names[int(per_image.argmax())] if count else None}
+    if count and count > options.max_outside * total:
+        raise UserError(f"{options.source}: {count} of {total} landmarks ({100 * count / total:.1f} %) fall outside "
+                        f"the centred square crop (worst: {record['worst']}); crop the images around the faces "
+                        f"first, or allow more with --set data.max_outside=0.1")
+    if count:
+        notes.append(f"{options.source}: {count} of {total} landmarks fall outside the centred square crop "
+                     f"({record['images']} images, worst {record['worst']}); they are kept")
+    return record
 
 
 def _drop_duplicated_test_images(data: EvalData) -> EvalData:
@@ -568,301 +702,3 @@ def _drop_duplicated_test_images(data: EvalData) -> EvalData:
         data.description["test"] = f"{len(data.test)} images"
     data.description["test_duplicates_dropped"] = dropped
     return data
-
-
-# ---------------------------------------------------------------------------
-# Local folders
-# ---------------------------------------------------------------------------
-
-
-def _folder(root: Path, options: DataOptions, task: str) -> EvalData:
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train, landmark_names, how = _folder_rows(root / "train", options, task)
-        test, _, _ = _folder_rows(root / "test", options, task)
-        for prefix, rows in (("train", train), ("test", test)):  # names stay unique across the two folders
-            for row in rows:
-                row.name = f"{prefix}/{row.name}"
-        split = "the folder's train/ and test/ sub-folders"
-    else:
-        rows, landmark_names, how = _folder_rows(root, options, task)
-        train, test = _split(rows, options)
-        split = f"fixed-seed split (split_seed={options.split_seed}, test_fraction={options.test_fraction})"
-    description = {"source": str(root), "name": root.resolve().name, "summary": f"folder {root} ({how})",
-                   "split": split}
-    return _assemble(train, test, options, task, None, landmark_names, description)
-
-
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _folder_rows(folder: Path, options: DataOptions, task: str) -> tuple[list[_Row], tuple | None, str]:
-    """(rows, landmark names, how the labels were found) for one split folder."""
-    images_dir = folder / "images"
-    class_dirs = task == "classification" and not images_dir.is_dir() and not options.label_pattern \
-        and not (folder / "labels.csv").exists() and not _image_files(folder, recursive=False)
-    if class_dirs:
-        files = _image_files(folder, recursive=True)
-        base = folder
-    else:
-        base = images_dir if images_dir.is_dir() else folder
-        files = _image_files(base, recursive=images_dir.is_dir())
-    if not files:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {base}")
-    rows = [_Row(name=str(f.relative_to(base)), image=f) for f in files]
-    landmark_names, how = None, "images"
-    if task == "segmentation":
-        _attach_masks(rows, folder / "masks", base)
-        how = "images + masks/"
-    elif task == "landmarks":
-        landmark_names = _attach_csv_landmarks(rows, folder / "landmarks.csv", options)
-        how = "images + landmarks.csv"
-    elif class_dirs:
-        for row in rows:
-            row.label = Path(row.name).parts[0] if len(Path(row.name).parts) > 1 else None
-            if row.label is None:
-                raise UserError(f"{base / row.name}: image outside a class folder (layout: <root>/<class>/<image>)")
-        options.target = options.target or "class"
-        how = "classes from folder names"
-    elif options.label_pattern:
-        _attach_pattern_labels(rows, options, base)
-        how = f"labels from file names matching {options.label_pattern!r}"
-    else:
-        _attach_csv_labels(rows, folder / "labels.csv", options)
-        how = "images + labels.csv"
-    return rows, landmark_names, how
-
-
-def _attach_masks(rows: list[_Row], mask_dir: Path, image_dir: Path) -> None:
-    if not mask_dir.is_dir():
-        raise UserError(f"segmentation needs masks: {mask_dir} does not exist (one mask per image, same file stem)")
-    for row in rows:
-        stem = Path(row.name).with_suffix("")
-        candidates = [mask_dir / f"{stem}{s}" for s in MASK_SUFFIXES]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise UserError(f"{image_dir / row.name}: no mask (looked for {mask_dir / stem}.png)")
-        row.mask = found
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    with open(path, newline="") as f:
-        table = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if len(table) < 2:
-        raise UserError(f"{path}: needs a header row and at least one data row")
-    return [h.strip() for h in table[0]], table[1:]
-
-
-def _name_column(header: list[str]) -> int:
-    lowered = [h.lower() for h in header]
-    return next((lowered.index(n) for n in NAME_COLUMNS if n in lowered), 0)
-
-
-def _csv_index(header: list[str], body: list[list[str]]) -> dict[str, list[str]]:
-    """Rows keyed by the name column (full relative name, base name and stem all match)."""
-    col = _name_column(header)
-    index: dict[str, list[str]] = {}
-    for r in body:
-        name = r[col].strip()
-        for key in (name, Path(name).name, Path(name).stem):
-            index.setdefault(key, r)
-    return index
-
-
-def _lookup(index: dict, row: _Row) -> list[str] | None:
-    for key in (row.name, Path(row.name).name, Path(row.name).stem):
-        if key in index:
-            return index[key]
-    return None
-
-
-def _attach_csv_landmarks(rows: list[_Row], path: Path, options: DataOptions) -> tuple[str, ...]:
-    """landmarks.csv: a name column, then x,y column pairs (or the pairs named by --landmark-columns)."""
-    header, body = _read_csv(path)
-    name_col = _name_column(header)
-    if options.landmark_columns:
-        missing = [c for c in options.landmark_columns if c not in header]
-        if missing:
-            raise UserError(f"{path}: no column(s) {', '.join(missing)}; columns: {', '.join(header)}")
-        columns = [header.index(c) for c in options.landmark_columns]
-    else:
-        columns = [i for i in range(len(header)) if i != name_col]
-    if len(columns) < 4 or len(columns) % 2:
-        raise UserError(f"{path}: landmarks need x,y column pairs for at least 2 points, got {len(columns)} columns")
-    names = _pair_names([header[c] for c in columns])
-    index = _csv_index(header, body)
-    for row in rows:
-        values = _lookup(index, row)
-        if values is None:
-            raise UserError(f"{row.name}: no row in {path}")
-        try:
-            coords = np.array([float(values[c]) for c in columns], dtype=np.float64)
-        except (ValueError, IndexError):
-            coords = np.array([np.nan])
-        if not np.isfinite(coords).all():
-            raise UserError(f"{row.name}: missing or non-numeric landmark coordinates in {path}")
-        row.points = coords.reshape(-1, 2)
-    return names
-
-
-def _pair_names(columns: list[str]) -> tuple[str, ...]:
-    """left_eye_x,left_eye_y,... -> left_eye,...; unnamed pairs -> p0, p1, ..."""
-    names = []
-    for i in range(0, len(columns), 2):
-        x, y = columns[i], columns[i + 1]
-        stem_x, stem_y = re.sub(r"[_\-\s]?x$", "", x, flags=re.I), re.sub(r"[_\-\s]?y$", "", y, flags=re.I)
-        names.append(stem_x if stem_x == stem_y and stem_x else f"p{i // 2}")
-    return tuple(names)
-
-
-def _attach_csv_labels(rows: list[_Row], path: Path, options: DataOptions) -> None:
-    if not path.exists():
-        raise UserError(f"classification needs labels: give {path} (name + label columns), <class>/ sub-folders "
-                        "or --label-pattern")
-    header, body = _read_csv(path)
-    name_col = _name_column(header)
-    label_columns = [h for i, h in enumerate(header) if i != name_col]
-    target = options.target or (label_columns[0] if label_columns else None)
-    if target not in label_columns:
-        raise UserError(f"{path}: no label column {target!r}; columns: {', '.join(label_columns)} "
-                        "(choose with --target)")
-    options.target = target
-    col = header.index(target)
-    index = _csv_index(header, body)
-    for row in rows:
-        values = _lookup(index, row)
-        if values is None or col >= len(values) or not values[col].strip():
-            raise UserError(f"{row.name}: no {target!r} label in {path}")
-        row.label = values[col].strip()
-
-
-def _attach_pattern_labels(rows: list[_Row], options: DataOptions, base: Path) -> None:
-    try:
-        pattern = re.compile(options.label_pattern)
-    except re.error as err:
-        raise UserError(f"--label-pattern {options.label_pattern!r} is not a valid regex ({err})") from None
-    groups = list(pattern.groupindex)
-    if not groups:
-        raise UserError(f"--label-pattern {options.label_pattern!r} needs a named group, e.g. (?P<gender>\\d)")
-    target = options.target or groups[0]
-    if target not in groups:
-        raise UserError(f"--label-pattern has no group {target!r}; its groups: {', '.join(groups)}")
-    options.target = target
-    for row in rows:
-        match = pattern.search(Path(row.name).name)
-        if match is None or match.group(target) is None:
-            raise UserError(f"{base / row.name}: file name does not match --label-pattern {options.label_pattern!r}")
-        row.label = match.group(target)
-
-
-# ---------------------------------------------------------------------------
-# `datasets` datasets
-# ---------------------------------------------------------------------------
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() \
-        or (path / "state.json").exists()
-
-
-def _hf_dataset(source: str, options: DataOptions, task: str) -> EvalData:
-    import datasets
-
-    try:
-        if Path(source).is_dir():
-            loaded = datasets.load_from_disk(source)
-        else:
-            loaded = datasets.load_dataset(source)
-    except Exception as err:
-        raise UserError(f"cannot load dataset {source!r} ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
-                        "give a folder, a dataset saved with save_to_disk, or a Hub id present in the cache") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        test_split = next((s for s in ("test", "validation") if s in loaded), None)
-        train_split = "train" if "train" in loaded else next(s for s in loaded if s != test_split)
-        train_ds = loaded[train_split]
-        test_ds = loaded[test_split] if test_split else None
-    else:
-        train_ds, test_ds, train_split, test_split = loaded, None, "(single split)", None
-    label_names, landmark_names = _hf_columns(train_ds, options, task, source)
-    train_rows = _hf_rows(train_ds, options, task, source, train_split)
-    if test_ds is not None:
-        test_rows = _hf_rows(test_ds, options, task, source, test_split)
-        split = f"the dataset's {train_split!r} and {test_split!r} splits"
-    else:
-        train_rows, test_rows = _split(train_rows, options)
-        split = f"fixed-seed split (split_seed={options.split_seed}, test_fraction={options.test_fraction})"
-    description = {"source": source, "name": Path(source).name if Path(source).is_dir() else source,
-                   "summary": f"`datasets` dataset {source}", "split": split}
-    return _assemble(train_rows, test_rows, options, task, label_names, landmark_names, description)
-
-
-def _hf_columns(ds, options: DataOptions, task: str, source: str) -> tuple[list[str] | None, tuple[str, ...] | None]:
-    """Check the needed columns exist; (ClassLabel names of the target, landmark names)."""
-    import datasets
-
-    columns = ds.column_names
-
-    def need(col: str, option: str) -> None:
-        if col not in columns:
-            raise UserError(f"dataset {source!r} has no column {col!r} ({option}); columns: {', '.join(columns)}")
-
-    need(options.image_column, "--image-column")
-    if task == "segmentation":
-        need(options.mask_column, "--mask-column")
-    if task == "landmarks":
-        cols = options.landmark_columns or ("landmarks",)
-        for c in cols:
-            need(c, "--landmark-columns")
-        options.landmark_columns = tuple(cols)
-        return None, (_pair_names(list(cols)) if len(cols) > 1 else None)
-    if task == "classification":
-        if options.target is None:
-            class_labels = [c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
-            options.target = "label" if "label" in columns else (class_labels[0] if class_labels else None)
-        if options.target is None:
-            raise UserError(f"dataset {source!r}: choose the label column with --target "
-                            f"(columns: {', '.join(columns)})")
-        need(options.target, "--target / --label-column")
-        feature = ds.features[options.target]
-        if isinstance(feature, datasets.ClassLabel):
-            return list(feature.names), None
-    return None, None
-
-
-def _hf_rows(ds, options: DataOptions, task: str, source: str, split: str | None) -> list[_Row]:
-    rows = []
-    prefix = f"{source}[{split}]" if split and not split.startswith("(") else source
-    for i in range(len(ds)):
-        item = ds[i]
-        name = f"{prefix}[{i}]"
-        if item[options.image_column] is None:
-            raise UserError(f"{name}: no image in column {options.image_column!r}")
-        row = _Row(name=name, image=item[options.image_column])
-        if task == "segmentation":
-            if item[options.mask_column] is None:
-                raise UserError(f"{name}: no mask in column {options.mask_column!r}")
-            row.mask = item[options.mask_column]
-        elif task == "landmarks":
-            row.points = _hf_points(item, options.landmark_columns, name)
-        elif task == "classification":
-            if item[options.target] is None or item[options.target] == "":
-                raise UserError(f"{name}: no label in column {options.target!r}")
-            row.label = item[options.target]
-        rows.append(row)
-    return rows
-
-
-def _hf_points(item: dict, columns: tuple[str, ...], name: str) -> np.ndarray:
-    try:
-        if len(columns) == 1:
-            points = np.asarray(item[columns[0]], dtype=np.float64).reshape(-1, 2)
-        else:
-            points = np.asarray([item[c] for c in columns], dtype=np.float64).reshape(-1, 2)
-    except (TypeError, ValueError):
-        raise UserError(f"{name}: landmark columns {', '.join(columns)} are missing or not numeric x,y pairs") from None
-    if not np.isfinite(points).all() or points.shape[0] < 2:
-        raise UserError(f"{name}: missing landmark coordinates in {', '.join(columns)}")
-    return points

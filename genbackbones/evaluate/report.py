@@ -10,6 +10,12 @@
 - `model_index.json`: the format `genbackbones export` reads into the model card:
   {"model_name", "eval_results": [huggingface_hub.EvalResult kwargs], "rows": [...]}, for
   the first backbone (the one the card is about), with the baselines in the rows.
+  `eval_results` (the card's machine-readable model-index) are written only for data that
+  is a Hub dataset: the model-index requires `dataset.type` to be a Hub dataset id, and a
+  local folder or the bundled domain has none, so those results go to the card's table
+  (`rows`) only. The protocol is the `metric_config` and the label count is in
+  `metric_args` (per metric: `dataset.args` is shared by every metric of one dataset
+  entry in the model-index), never in the metric name.
 
 The output folder is written atomically: it appears complete or not at all.
 """
@@ -20,6 +26,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -108,7 +115,9 @@ def print_table(results: dict, console: Console) -> None:
         table.add_column("backbone")
         for n in results["labels"]:
             table.add_column(f"{n} labels", justify="right")
-        best = {n: _best([r for r in summary if r["metric"] == spec["key"] and r["labels"] == n], spec)
+        references = {b["name"] for b in results["backbones"] if b.get("kind") == "reference"}
+        best = {n: _best([r for r in summary if r["metric"] == spec["key"] and r["labels"] == n
+                          and r["backbone"] not in references], spec)
                 for n in results["labels"]}
         for backbone in results["backbones"]:
             cells = []
@@ -117,10 +126,13 @@ def print_table(results: dict, console: Console) -> None:
                            and r["labels"] == n)
                 text = _cell(row)
                 cells.append(f"[bold]{text}[/]" if best[n] == backbone["name"] else text)
-            table.add_row(backbone["name"], *cells)
+            label = f"{backbone['name']} (reference)" if backbone["name"] in references else backbone["name"]
+            table.add_row(label, *cells)
         for u in results["unavailable"]:
             table.add_row(u["name"], *(["not available"] * len(results["labels"])))
         console.print(table)
+    for note in results.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     for u in results["unavailable"]:
         console.print(f"[yellow]{u['name']}:[/] {u['reason']}", highlight=False, soft_wrap=True)
 
@@ -152,7 +164,10 @@ def plot(results: dict, path: Path) -> None:
             x = [r["labels"] for r in rows]
             mean = [r["mean"] for r in rows]
             std = [r["std"] for r in rows]
-            line, = ax.plot(x, mean, marker="o", label=backbone["name"])
+            reference = backbone.get("kind") == "reference"
+            line, = ax.plot(x, mean, marker="" if reference else "o", linestyle="--" if reference else "-",
+                            color="grey" if reference else None,
+                            label=f"{backbone['name']} (reference)" if reference else backbone["name"])
             ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xscale("log")
@@ -169,6 +184,7 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
 
 def markdown_tables(results: dict, plot_dir: str | None = None) -> str:
     """One markdown table per metric (backbones x label counts, mean ± std over seeds), for benchmark READMEs.
@@ -187,7 +203,8 @@ def markdown_tables(results: dict, plot_dir: str | None = None) -> str:
                 row = next(r for r in results["summary"] if r["backbone"] == b["name"] and r["metric"] == spec["key"]
                            and r["labels"] == n)
                 cells.append(f"{row['mean']:.1f} ± {row['std']:.1f}")
-            lines.append(f"| {b['name']} | " + " | ".join(cells) + " |")
+            name = f"{b['name']} (reference)" if b.get("kind") == "reference" else b["name"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for u in results["unavailable"]:
             lines.append(f"| {u['name']} | " + " | ".join("not available" for _ in results["labels"]) + " |")
         lines.append("")
@@ -199,31 +216,45 @@ def markdown_tables(results: dict, plot_dir: str | None = None) -> str:
 
 
 def model_index(results: dict) -> dict:
-    """EvalResult kwargs for the first backbone, plus card rows comparing it with the baselines."""
+    """EvalResult kwargs for the first backbone (Hub datasets only), plus card rows comparing it with the rest."""
     summary = results.get("summary") or summarise(results)
     subject = results["backbones"][0]["name"]
     data = results["data"]
+    hub = data.get("hub")
     eval_results, rows = [], []
     for spec in results["metrics"]:
+        protocol = spec.get("protocol") or results["protocol"]
         for n in results["labels"]:
             mine = _row(summary, subject, spec["key"], n)
             if not mine or not mine["seeds"] or math.isnan(mine["mean"]):
                 continue
-            eval_results.append({
-                "task_type": TASK_TYPES[results["task"]],
-                "task_name": f"{results['task']} ({results['protocol']})",
-                "dataset_type": data["name"], "dataset_name": data["summary"], "dataset_split": "test",
-                "metric_type": spec["model_index_type"],
-                "metric_name": f"{SHORT[spec['key']]} @ {n} labels",
-                "metric_value": round(mine["mean"], 2),
-            })
+            if hub:
+                eval_results.append(_eval_result(results, spec, protocol, n, mine, hub))
             others = [f"{b['name']} {_cell(_row(summary, b['name'], spec['key'], n))}"
                       for b in results["backbones"][1:]]
             others += [f"{u['name']}: not available" for u in results["unavailable"]]
             value = f"{_cell(mine)} ({mine['seeds']} seeds" + ("; " + "; ".join(others) if others else "") + ")"
             rows.append({"task": f"{results['task']} ({results['protocol']})", "dataset": data["name"],
-                         "metric": spec["label"], "labels": n, "value": value})
+                         "metric": spec["label"], "labels": n, "value": value, "protocol": protocol})
     return {"model_name": subject, "eval_results": eval_results, "rows": rows}
+
+
+def _eval_result(results: dict, spec: dict, protocol: str, n: int, mine: dict, hub: dict) -> dict:
+    """One huggingface_hub.EvalResult's kwargs: the Hub dataset, the metric, and how it was obtained."""
+    out = {
+        "task_type": TASK_TYPES[results["task"]],
+        "task_name": results["task"],
+        "dataset_type": hub["id"], "dataset_name": hub["id"],
+        "dataset_config": hub.get("config"), "dataset_split": hub.get("test_split"),
+        "dataset_revision": hub.get("revision"),
+        "dataset_args": {k: v for k, v in (("train_split", hub.get("train_split")),
+                                           ("test", hub.get("test_held_out"))) if v},
+        "metric_type": spec["model_index_type"], "metric_name": SHORT[spec["key"]],
+        "metric_value": round(mine["mean"], 2),
+        "metric_config": protocol,
+        "metric_args": {"labels": n, "seeds": mine["seeds"], "std": round(mine["std"], 2)},
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _row(summary: list[dict], backbone: str, metric: str, n: int) -> dict | None:
@@ -239,8 +270,8 @@ def merge_into_run(run_dir: Path, index: dict) -> Path:
     new_rows = {_row_key(r) for r in index["rows"]}
     merged = {
         "model_name": index.get("model_name") or old.get("model_name"),
-        "eval_results": [r for r in old.get("eval_results", []) if _result_key(r) not in new_keys]
-        + index["eval_results"],
+        "eval_results": [r for r in old.get("eval_results", []) if _result_key(r) not in new_keys
+                         and not _legacy(r)] + index["eval_results"],
         "rows": [r for r in old.get("rows", []) if _row_key(r) not in new_rows] + index["rows"],
     }
     atomic.write_text(path, json.dumps(merged, indent=2) + "\n")
@@ -248,7 +279,14 @@ def merge_into_run(run_dir: Path, index: dict) -> Path:
 
 
 def _result_key(r: dict) -> tuple:
-    return r.get("task_type"), r.get("task_name"), r.get("dataset_type"), r.get("metric_type"), r.get("metric_name")
+    return (r.get("task_type"), r.get("dataset_type"), r.get("dataset_config"), r.get("dataset_split"),
+            r.get("dataset_revision"), r.get("metric_type"), r.get("metric_config"),
+            (r.get("metric_args") or {}).get("labels"))
+
+
+def _legacy(r: dict) -> bool:
+    """Entries of the first format (label count in the metric name, a dataset id that was not on the Hub)."""
+    return re.search(r" @ \d+ labels$", r.get("metric_name") or "") is not None
 
 
 def _row_key(r: dict) -> tuple:

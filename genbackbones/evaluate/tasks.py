@@ -11,8 +11,9 @@ the whole backbone is trained with a light head, AdamW with two learning rates (
 backbone), linear warm-up then cosine decay. The number of steps is scaled to the
 number of labels N: `clamp(epochs * N / batch, min_steps, max_steps)`, so 4 labels
 still get `min_steps` updates and large N are capped. Augmentation is a horizontal
-flip; flipping swaps left/right classes or landmarks by name (`left_eye` <->
-`right_eye`), and for landmarks without left/right names flipping is turned off.
+flip; flipping swaps left/right classes or landmarks (`Schema.mirror`: by name,
+`left_eye` <-> `right_eye`, or by a numbered layout's pairs), and is turned off where the
+loader could not tell left from right (`Schema.mirror_known`); each run records `flip`.
 
 Heads:
 - segmentation: every feature level resized to stride 4, concatenated,
@@ -25,6 +26,12 @@ Heads:
 - classification (linear): frozen backbone, global average of every level,
   concatenated, a linear classifier (ridge regression to one-hot targets, argmax).
   Ridge regularisation is chosen by exact leave-one-out on the training labels only.
+- classification (knn): the same frozen pooled features, a weighted k-nearest-neighbour
+  vote on cosine similarity (k=20, temperature 0.07), the protocol of InstDisc (Wu et al.
+  2018) that DINO, lightly and solo-learn report: nothing is trained, so it measures the
+  feature space itself.
+- landmarks, reference: the mean shape of the N training labels predicted for every test
+  image (`mean_shape_nme`): a head that does not beat it has learnt nothing about the face.
 """
 
 from __future__ import annotations
@@ -78,8 +85,13 @@ class LandmarkSettings(FinetuneSettings):
 
 @dataclass
 class ClassificationSettings(FinetuneSettings):
-    protocol: str = "linear"  # linear (frozen backbone) | finetune
-    pool_grid: int = 1  # linear: average-pool every level to this grid
+    protocol: str = "linear"  # linear | knn (frozen backbone) | finetune
+    pool_grid: int = 1  # linear / knn: average-pool every level to this grid
+    knn_k: int = 20  # knn: neighbours that vote (all N labelled images when N < k)
+    knn_temperature: float = 0.07  # knn: votes weigh exp(cosine / temperature)
+
+
+PROTOCOLS = ("linear", "knn", "finetune")
 
 
 SETTINGS = {"segmentation": SegmentationSettings, "landmarks": LandmarkSettings,
@@ -92,23 +104,26 @@ class MetricSpec:
     label: str
     higher_is_better: bool
     model_index_type: str  # metric_type in the model card's model-index
+    protocol: str = ""  # finetune | heatmap | ridge | linear | knn (metric_config in the model-index)
 
 
 def metric_specs(task: str, settings) -> list[MetricSpec]:
     """The headline metrics of a task (tables, plots, model index), in order."""
     if task == "segmentation":
-        return [MetricSpec("miou", "mIoU (%)", True, "mean_iou"),
-                MetricSpec("pixel_accuracy", "pixel accuracy (%)", True, "accuracy")]
+        return [MetricSpec("miou", "mIoU (%)", True, "mean_iou", "finetune"),
+                MetricSpec("pixel_accuracy", "pixel accuracy (%)", True, "accuracy", "finetune")]
     if task == "landmarks":
         specs = []
         if settings.heatmap:
-            specs.append(MetricSpec("nme_heatmap", "NME, heatmap fine-tuned (% IOD)", False, "nme"))
+            specs.append(MetricSpec("nme_heatmap", "NME, heatmap fine-tuned (% IOD)", False, "nme", "heatmap"))
         if settings.ridge:
-            specs.append(MetricSpec("nme_ridge", "NME, frozen + ridge (% IOD)", False, "nme"))
+            specs.append(MetricSpec("nme_ridge", "NME, frozen + ridge (% IOD)", False, "nme", "ridge"))
         return specs
-    how = "linear probe" if settings.protocol == "linear" else "fine-tuned"
-    return [MetricSpec("top1", f"top-1, {how} (%)", True, "accuracy"),
-            MetricSpec("balanced_accuracy", f"balanced accuracy, {how} (%)", True, "balanced_accuracy")]
+    how = {"linear": "linear probe", "knn": f"kNN (k={settings.knn_k}, cosine)", "finetune": "fine-tuned"}
+    how = how[settings.protocol]
+    return [MetricSpec("top1", f"top-1, {how} (%)", True, "accuracy", settings.protocol),
+            MetricSpec("balanced_accuracy", f"balanced accuracy, {how} (%)", True, "balanced_accuracy",
+                       settings.protocol)]
 
 
 def make_settings(task: str, overrides: list[str] = (), epochs: float | None = None, protocol: str | None = None):
@@ -143,10 +158,22 @@ def _parse(value: str, kind: type, key: str):
 
 
 def _validate(task: str, s) -> None:
+    """Refuse values that cannot be right, before anything is loaded or written."""
     if s.batch_size < 1 or s.min_steps < 1 or s.max_steps < s.min_steps or s.epochs <= 0:
         raise UserError("settings need batch_size >= 1, epochs > 0 and 1 <= min_steps <= max_steps")
-    if task == "classification" and s.protocol not in ("linear", "finetune"):
-        raise UserError(f"classification protocol must be linear or finetune, got {s.protocol!r}")
+    positive = {"lr_head": s.lr_head, "lr_backbone": s.lr_backbone, "decoder_channels": s.decoder_channels,
+                "decoder_stride": s.decoder_stride, "eval_batch_size": s.eval_batch_size}
+    if task == "landmarks":
+        positive["ridge_grid"] = s.ridge_grid
+    if task == "classification":
+        positive.update(pool_grid=s.pool_grid, knn_k=s.knn_k, knn_temperature=s.knn_temperature)
+    for key, value in positive.items():
+        if not value > 0:
+            raise UserError(f"--set {key}={value}: must be greater than 0")
+    if s.weight_decay < 0 or s.warmup_steps < 0:
+        raise UserError("weight_decay and warmup_steps must not be negative")
+    if task == "classification" and s.protocol not in PROTOCOLS:
+        raise UserError(f"classification protocol must be one of {', '.join(PROTOCOLS)}, got {s.protocol!r}")
     if task == "landmarks" and not (s.heatmap or s.ridge):
         raise UserError("landmarks: enable at least one of heatmap / ridge")
 
@@ -171,6 +198,8 @@ def run_protocol(task: str, backbone: ResolvedBackbone, train: Labelled, test: L
         out = _landmarks(backbone, train, test, schema, settings, seed, device, cache)
     elif settings.protocol == "linear":
         out = _linear_classification(backbone, train, test, settings, seed, device, cache)
+    elif settings.protocol == "knn":
+        out = _knn_classification(backbone, train, test, settings, seed, device, cache)
     else:
         out = _finetune_classification(backbone, train, test, schema, settings, seed, device)
     out["seconds"] = round(time.perf_counter() - t0, 2)
@@ -344,12 +373,14 @@ def _segmentation(backbone, train, test, schema, s: SegmentationSettings, seed, 
         return F.cross_entropy(logits, b.masks.to(device), ignore_index=IGNORE_INDEX)
 
     steps = finetune_steps(len(train), s)
-    final_loss = _finetune(model, Batches(train, schema, s, seed, device, s.flip), loss_fn, steps, s)
+    flip = s.flip and schema.mirror_known
+    final_loss = _finetune(model, Batches(train, schema, s, seed, device, flip), loss_fn, steps, s)
     cm = torch.zeros(len(schema.classes), len(schema.classes), dtype=torch.long)
     for i, logits in _predict(model, test.images, s.eval_batch_size, device):
         pred = F.interpolate(logits, size=(res, res), mode="bilinear", align_corners=False).argmax(1)
         cm += confusion_matrix(pred.cpu(), test.masks[i:i + len(pred)], len(schema.classes))
-    return {"metrics": segmentation_scores(cm, schema.classes), "steps": steps, "final_train_loss": final_loss}
+    return {"metrics": segmentation_scores(cm, schema.classes), "steps": steps, "final_train_loss": final_loss,
+            "flip": flip}
 
 
 # ---------------------------------------------------------------------------
@@ -414,10 +445,57 @@ def _finetune_classification(backbone, train, test, schema, s: ClassificationSet
         return F.cross_entropy(m(b.images.to(device)), b.labels.to(device))
 
     steps = finetune_steps(len(train), s)
-    final_loss = _finetune(model, Batches(train, schema, s, seed, device, s.flip), loss_fn, steps, s)
+    flip = s.flip and schema.mirror_known
+    final_loss = _finetune(model, Batches(train, schema, s, seed, device, flip), loss_fn, steps, s)
     pred = torch.cat([logits.argmax(1).cpu() for _, logits in _predict(model, test.images, s.eval_batch_size, device)])
     return {"metrics": {"top1": top1(pred, test.labels), "balanced_accuracy": balanced_accuracy(pred, test.labels)},
-            "steps": steps, "final_train_loss": final_loss}
+            "steps": steps, "final_train_loss": final_loss, "flip": flip}
+
+
+def _knn_classification(backbone, train, test, s: ClassificationSettings, seed, device, cache) -> dict:
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    train_x, blocks = cache.features(backbone, seed, train, s.pool_grid, device)
+    test_x, _ = cache.features(backbone, seed, test, s.pool_grid, device)
+    pred = knn_predict(train_x, train.labels, test_x, num_classes, s.knn_k, s.knn_temperature, blocks)
+    return {"metrics": {"top1": top1(pred, test.labels), "balanced_accuracy": balanced_accuracy(pred, test.labels)},
+            "k": min(s.knn_k, len(train)), "classes_in_train": int(train.labels.unique().numel())}
+
+
+def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
+                k: int = 20, temperature: float = 0.07, blocks: list[int] | None = None,
+                chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN vote on cosine similarity (InstDisc / DINO's evaluation): class indices [M].
+
+    Each of the k most similar training images votes for its class with weight
+    exp(cos / temperature). Features made of several levels (`blocks`, column counts) are
+    L2-normalised per level first, so every level weighs the same in the cosine, as in the
+    ridge probe; written out here because it is a dozen lines of matrix algebra on cached
+    features, where a library kNN would not weight votes this way.
+    """
+    train_z, test_z = _unit_blocks(train_x, blocks), _unit_blocks(test_x, blocks)
+    k = min(k, len(train_z))
+    out = []
+    for i in range(0, len(test_z), chunk):
+        sim = test_z[i:i + chunk] @ train_z.T
+        top, idx = sim.topk(k, dim=1)
+        votes = torch.zeros(len(sim), num_classes, dtype=torch.float64)
+        weights = ((top - top[:, :1]) / temperature).exp()  # the common factor exp(max / T) cannot overflow
+        votes.scatter_add_(1, train_y[idx], weights)
+        out.append(votes.argmax(1))
+    return torch.cat(out)
+
+
+def _unit_blocks(x: torch.Tensor, blocks: list[int] | None) -> torch.Tensor:
+    x = x.double()
+    parts = torch.split(x, blocks, dim=1) if blocks else (x,)
+    x = torch.cat([F.normalize(p, dim=1) for p in parts], 1)
+    return F.normalize(x, dim=1)
+
+
+def mean_shape_nme(train: Labelled, test: Labelled, schema: Schema) -> float:
+    """NME of predicting the training labels' mean shape for every test image: the floor to beat."""
+    mean = train.landmarks.double().mean(0, keepdim=True).expand(len(test), -1, -1)
+    return nme(mean, test.landmarks, schema.eye_indices)
 
 
 # ---------------------------------------------------------------------------
