@@ -40,7 +40,7 @@ import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see genbackbones/evaluate/cli.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see genbackbones/cli/evaluate.py
 
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -178,7 +178,7 @@ def evaluate(args, console: Console, err: Console) -> int:
     from dataclasses import replace
 
     from genbackbones.evaluate import run_evaluation
-    from genbackbones.evaluate.cli import choose_protocol
+    from genbackbones.evaluate.options import choose_protocol
     from genbackbones.evaluate.options import data_options, flag_values
     from genbackbones.evaluate.report import print_table, summarise, write_outputs
 

@@ -14,7 +14,8 @@ _reachable_cache: dict[str, bool] = {}
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub endpoint (HF_ENDPOINT) accepts a connection; asked once per process.
+    """Whether the Hub can be used now: HF_HUB_OFFLINE is not set and the endpoint (HF_ENDPOINT) accepts a
+    connection (asked once per process and endpoint).
 
     Without a network huggingface_hub retries each request for about a minute before giving up, printing
     a line per retry; one failed connection here says the answer up front.
@@ -24,6 +25,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     from huggingface_hub import constants
 
+    if constants.HF_HUB_OFFLINE:
+        return False
     endpoint = constants.ENDPOINT
     if endpoint not in _reachable_cache:
         url = urlparse(endpoint)

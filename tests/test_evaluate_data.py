@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from genbackbones.errors import UserError
+from genbackbones.evaluate.sources import load_data
 from genbackbones.evaluate.data import (
     DataOptions,
     EvalData,
     check_disjoint,
-    load_data,
     parse_class_colors,
     snap_colours,
     subset_positions,

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from genbackbones.errors import UserError
-from genbackbones.evaluate.data import DataOptions, load_data
+from genbackbones.evaluate.data import DataOptions
+from genbackbones.evaluate.sources import load_data
 from genbackbones.evaluate.landmarks import CONVENTIONS, resolve_layout
 
 from .test_evaluate_data import CELEBAMASK_CLASSES, face68, options, write_celebamask_like

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from genbackbones.evaluate.data import DataOptions, load_data
+from genbackbones.evaluate.data import DataOptions
+from genbackbones.evaluate.sources import load_data
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_faces.py"
 

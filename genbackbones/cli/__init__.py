@@ -23,8 +23,7 @@ from typer.core import TyperGroup
 
 from ..version import __version__
 from ..errors import UserError
-from . import common, generator, ghfeat, hub, semantics, train
-from .common import user_errors  # noqa: F401  (evaluate.cli imports it from here until it moves into cli/)
+from . import common, evaluate, generator, ghfeat, hub, semantics, train
 
 class OneLineErrors(TyperGroup):
     """The root command group: runs a command and turns every user-facing failure into one line."""
@@ -72,17 +71,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(train.app)
 app.add_typer(generator.app, name="generator", help="Convert, inspect and sample generators.")
 app.add_typer(ghfeat.app)
+app.add_typer(evaluate.app)
 app.add_typer(hub.app)
 app.add_typer(semantics.app)
-
-
-def _mount_evaluate() -> None:
-    from ..evaluate.cli import register
-
-    register(app)
-
-
-_mount_evaluate()
 
 
 def main() -> None:

@@ -18,8 +18,3 @@ def fail(message: str, code: int = 2) -> None:
 def print_copyable(text: str, stderr: bool = False) -> None:
     """A line users copy (a timm call, a path): never wrapped, no markup, no highlighting."""
     (err_console if stderr else console).print(text, markup=False, highlight=False, soft_wrap=True, emoji=False)
-
-
-def user_errors(fn):
-    """Kept for command modules mounted through `register(app)`: errors are now handled by the root group."""
-    return fn

@@ -247,8 +247,10 @@ class FaceDomain:
         """Write the first `n` faces of a split as an image folder, atomically.
 
         Layout: images/{index:07d}.png, masks/{index:07d}.png (class-index PNG, mode "L"),
-        landmarks.csv (name,left_eye_x,left_eye_y,...) and labels.csv (name,<attribute>...,
-        integer class ids, see ATTRIBUTES). `name` is the image file name.
+        classes.txt (the mask classes in index order, SEG_CLASSES: the evaluator swaps left/right
+        classes on flips by these names), landmarks.csv (name,left_eye_x,left_eye_y,...) and
+        labels.csv (name,<attribute>..., integer class ids, see ATTRIBUTES). `name` is the image
+        file name.
         The folder appears complete or not at all.
         """
         from PIL import Image
@@ -275,6 +277,8 @@ class FaceDomain:
                     landmark_rows.append(f"{name},{coords}")
                     labels = ",".join(str(int(batch["labels"][a][j])) for a in ATTRIBUTES)
                     label_rows.append(f"{name},{labels}")
+            if masks:
+                (tmp / "classes.txt").write_text("\n".join(SEG_CLASSES) + "\n")
             (tmp / "landmarks.csv").write_text("\n".join(landmark_rows) + "\n")
             (tmp / "labels.csv").write_text("\n".join(label_rows) + "\n")
         return Path(path)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from ..version import versions
 
 if TYPE_CHECKING:  # torch, timm and friends load on first use: `genbackbones --help` stays fast
     import torch
@@ -108,7 +109,8 @@ class _Plan:
 def _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, protocol, device, run) -> _Plan:
     """Check every input (UserError on anything wrong), resolve backbones and baselines, load the data."""
     from .backbones import check_input, resolve_backbone, resolve_baselines, unique_names
-    from .data import check_disjoint, load_data, subset_positions
+    from .data import check_disjoint, subset_positions
+    from .sources import load_data
     from .options import DataOptions, apply_data_overrides
     from .tasks import SETTINGS, make_settings
 
@@ -176,7 +178,7 @@ def _results(plan: _Plan, runs: list[dict], seconds: float) -> dict:
         "runs": runs,
         "timing": {"total_seconds": round(seconds, 1), "device": str(plan.device),
                    "torch_threads": torch.get_num_threads()},
-        "versions": _versions(),
+        "versions": versions(),
         "command": sys.argv,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -298,15 +300,3 @@ def _protocol_name(task: str, settings) -> str:
         return " / ".join(parts)
     knn = f"kNN (k={settings.knn_k}, cosine, T={settings.knn_temperature:g}), frozen"
     return {"linear": "linear probe, frozen", "knn": knn, "finetune": "fine-tuned"}[settings.protocol]
-
-
-def _versions() -> dict:
-    import platform
-
-    import timm
-    import torch
-
-    from .. import __version__
-
-    return {"genbackbones": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}

@@ -26,10 +26,8 @@ export, or timm's cfg for timm weights).
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import logging
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from torch import nn
 
 from ..backbones import BackboneSpec, feature_kwargs
 from ..errors import UserError
+from ..offline import hub_reachable
 
 IMAGENET_DATA = {"in1k", "in12k", "in21k", "in22k"}
 OTHER_DATA = ("laion", "openai", "clip", "dfn", "datacomp", "metaclip", "siglip", "webli", "jft", "ig", "swsl",
@@ -280,27 +279,6 @@ def _timm_pretrained(reference: str, feature_options: dict | None = None) -> Res
                         f"; put {hub_id} in the Hugging Face cache (`hf download {hub_id}` on a machine with "
                         "internet, then copy the cache)") from None
     return resolved
-
-
-@functools.cache
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when HF_HUB_OFFLINE is set or the Hub's host cannot be reached within `timeout`.
-
-    Checked once, up front, because huggingface_hub retries an unreachable host with
-    back-off for ~45 s per file before giving up.
-    """
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _weights_description(b: ResolvedBackbone) -> str:

@@ -16,17 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import IMAGE_SUFFIXES
+from ..data.masks import MASK_SUFFIXES, read_class_names
 from ..errors import UserError
-from .data import (
-    MASK_SUFFIXES,
-    EvalData,
-    Found,
-    _assemble,
-    _Row,
-    fixed_split_description,
-    read_class_names,
-    split_rows,
-)
+from .data import EvalData, Found, _assemble, _Row, fixed_split_description, split_rows
 from .options import DataOptions
 
 IMAGE_DIRS = ("images", "imgs", "img", "image", "JPEGImages")  # the evaluator's, LaPa/Helen, Pascal VOC

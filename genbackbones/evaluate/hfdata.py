@@ -25,17 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.masks import CLASS_FILES, read_class_names
 from ..errors import UserError
-from .data import (
-    CLASS_FILES,
-    EvalData,
-    Found,
-    _assemble,
-    _Row,
-    fixed_split_description,
-    read_class_names,
-    split_rows,
-)
+from .data import EvalData, Found, _assemble, _Row, fixed_split_description, split_rows
 from .options import DataOptions
 
 COMMIT = re.compile(r"[0-9a-f]{40}")

@@ -159,3 +159,11 @@ def check(options: DataOptions) -> None:
 def recorded(options: DataOptions) -> dict:
     """The options as results.json stores them."""
     return {f.name: getattr(options, f.name) for f in fields(options)}
+
+
+def choose_protocol(protocol: str | None, finetune: bool | None) -> str | None:
+    """--protocol, or the older --finetune/--linear switch; both given and different is an error."""
+    legacy = None if finetune is None else ("finetune" if finetune else "linear")
+    if protocol is not None and legacy is not None and protocol != legacy:
+        raise UserError(f"--protocol {protocol} and --{legacy} disagree; give one of them")
+    return protocol or legacy

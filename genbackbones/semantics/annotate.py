@@ -2,7 +2,7 @@
 
 The workflow: `genbackbones generator sample --save-seeds` writes images and
 seeds.json; a user draws masks for them (class-index PNG, palette PNG, or colours with
-a colour map: the evaluator's formats, read by `evaluate.data.MaskReader`); this module
+a colour map: the evaluator's formats, read by `data.masks.MaskReader`); this module
 regenerates the activations of those seeds (`activations.generate`, bit-for-bit the
 same images) and trains the extractor with cross-entropy (pixels of value 255 are
 ignored). Few-shot settings follow paper 004 App. D in spirit (Adam, lr 1e-3, a few
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..evaluate.data import MASK_SUFFIXES, MaskReader
+from ..data.masks import MASK_SUFFIXES, MaskReader
 from ..evaluate.metrics import IGNORE_INDEX, confusion_matrix, segmentation_scores
 from .activations import Generated, Sampling, check_sampling, generate_all, generator_fingerprint, layer_shapes
 from .extractors import Extractor, build_extractor, make_config
