@@ -42,9 +42,9 @@ def _run(command: str, recipe: Optional[str], set_: list[str], resume: Optional[
 
 
 def _uses(recipe) -> tuple[str, ...]:
-    from ..methods import get_method
+    from ..recipes import sections_read
 
-    return get_method(recipe.method).uses
+    return sections_read(recipe)
 
 
 @app.command()
