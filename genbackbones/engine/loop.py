@@ -207,10 +207,29 @@ def count_step_flops(accelerator: Accelerator, task: Task, cfg: TrainCfg, seed: 
     total = 0.0
     seed_step(seed, 0, accelerator.process_index)
     for phase in task.phases():
-        with FlopCounterMode(display=False) as counter:
+        counter = FlopCounterMode(display=False)
+        counter.mod_tracker = _TotalsOnly()
+        with counter:
             _train_step(accelerator, [phase], 0, cfg)
         total += counter.get_total_flops() / phase.every
     return total
+
+
+class _TotalsOnly:
+    """FlopCounterMode's module tracker, reduced to the total it always keeps.
+
+    The tracker installs global module hooks to split counts by module, and autograd
+    cannot run `autograd.grad(..., create_graph=True)` (R1 and path-length penalties)
+    under them; only the total ('Global') is needed here.
+    """
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args) -> None:
+        return None
 
 
 def resolve_budget(cfg: TrainCfg, cost: StepCost) -> dict | None:
