@@ -317,3 +317,31 @@ def test_without_lightly_the_error_is_one_line_naming_the_extra(tmp_path):
     line = one_line_error(proc)
     assert "method ssl needs lightly" in line and "pip install genbackbones[ssl]" in line
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+@pytest.mark.slow
+def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
+    """benchmarks/vs_ssl.py --tiny at its smallest: two runs, every task, the README; a second call redoes nothing."""
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / "benchmarks" / "vs_ssl.py"), "--tiny", "--threads", "1", "--archs", "resnet18",
+           "--methods", "layermatch,simclr-real", "--images", "32", "--work", str(tmp_path / "runs"),
+           "--out", str(tmp_path / "out")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "estimate of the full benchmark on this machine" in first.stderr
+    compute = json.loads((tmp_path / "out" / "compute.json").read_text())
+    assert [r["backbone"] for r in compute["runs"]] == ["resnet18-layermatch", "resnet18-simclr-real"]
+    for r in compute["runs"]:
+        assert r["steps"] == 2 and r["images_seen"] == 32 and r["flops_per_step"] > 1e9 and r["train_seconds"] > 0
+    folders = {p.parent.name for p in (tmp_path / "out" / "faces").glob("*/results.json")}
+    assert {"segmentation", "landmarks", "hair_colour-linear", "hair_colour-finetune"} <= folders
+    seg = json.loads((tmp_path / "out" / "faces" / "segmentation" / "results.json").read_text())
+    assert [b["name"] for b in seg["backbones"]] == ["resnet18-layermatch", "resnet18-simclr-real", "random init"]
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "| faces | resnet18-simclr-real | 2 | 32 |" in readme and "## faces/segmentation" in readme
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("done earlier") == 2 + len(folders)
