@@ -184,7 +184,8 @@ def compute_row(run: Pretraining, folder: Path, info: dict) -> dict:
             "overrides": run.overrides, "folder": str(folder), "steps": info.get("steps"),
             "images_seen": info.get("images_seen"), "flops_per_step": info.get("flops_per_step"),
             "flops": info.get("flops"), "train_seconds": info.get("train_seconds"),
-            "median_step_seconds": info.get("median_step_seconds"), "num_processes": info.get("num_processes"),
+            "median_step_seconds": info.get("median_step_seconds"),
+            "median_step_cpu_seconds": info.get("median_step_cpu_seconds"), "num_processes": info.get("num_processes"),
             "device": info.get("device"), "budget": info.get("budget")}
 
 
@@ -274,8 +275,10 @@ def estimate(compute: list[dict], evaluated: dict[str, dict], domains: list[str]
     minute), test-set passes, start-up and export.
     """
     step_time = {(r["arch"], r["method"]): r["median_step_seconds"] for r in compute if r["median_step_seconds"]}
-    pretraining = sum(FULL_IMAGES / BATCH * step_time[(a, m)] for _ in domains for a in archs for m in methods
-                      if (a, m) in step_time)
+    step_cpu = {(r["arch"], r["method"]): r["median_step_cpu_seconds"] for r in compute
+                if r.get("median_step_cpu_seconds")}
+    pretraining, pretraining_cpu = (sum(FULL_IMAGES / BATCH * times[(a, m)] for _ in domains for a in archs
+                                        for m in methods if (a, m) in times) for times in (step_time, step_cpu))
     per_step: dict[tuple[str, str], float] = {}
     for name, results in evaluated.items():
         task = results["task"] if results["task"] != "classification" else "classification-finetune"
@@ -297,8 +300,10 @@ def estimate(compute: list[dict], evaluated: dict[str, dict], domains: list[str]
             for arch, _ in models:
                 if (arch, task) in per_step:
                     finetuning += seeds * sum(finetune_steps(n, settings) for n in counts) * per_step[(arch, task)]
-    return {"pretraining_hours": pretraining / 3600, "finetuning_hours": finetuning / 3600,
+    return {"pretraining_hours": pretraining / 3600, "pretraining_cpu_hours": pretraining_cpu / 3600,
+            "finetuning_hours": finetuning / 3600,
             "step_seconds": {f"{a}-{m}": s for (a, m), s in step_time.items()},
+            "step_cpu_seconds": {f"{a}-{m}": s for (a, m), s in step_cpu.items()},
             "finetune_step_seconds": {f"{a} {t}": s for (a, t), s in per_step.items()}}
 
 
@@ -316,11 +321,11 @@ def readme(out: Path, compute: list[dict], missing_protocols: list[str], command
              "torch's FlopCounterMode over one training step (forward and backward of everything the step runs, "
              "generator included; matrix products and convolutions).", "",
              "| domain | backbone | steps | images seen | GFLOPs / step | TFLOPs in all | training wall time | "
-             "median step |", "|---|---|---|---|---|---|---|---|"]
+             "median step (wall / CPU) |", "|---|---|---|---|---|---|---|---|"]
     for r in compute:
         lines.append(f"| {r['domain']} | {r['backbone']} | {r['steps']} | {r['images_seen']} | "
                      f"{r['flops_per_step'] / 1e9:.1f} | {r['flops'] / 1e12:.3g} | {r['train_seconds'] / 60:.1f} min | "
-                     f"{r['median_step_seconds']:.3f} s |")
+                     f"{r['median_step_seconds']:.3f} s / {r['median_step_cpu_seconds']:.3f} s |")
     lines.append("")
     if missing_protocols:
         lines += [f"Not evaluated: classification protocol(s) {', '.join(missing_protocols)} (this evaluator does "
@@ -408,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         guess = estimate(compute, evaluated, list(DOMAINS), list(ARCHS), list(METHODS), protocols)
         console.print(
             f"estimate of the full benchmark on this machine, from the step times measured here: pretraining "
-            f"{guess['pretraining_hours']:.1f} h ({len(DOMAINS) * len(ARCHS) * len(METHODS)} runs x "
-            f"{FULL_IMAGES // BATCH} steps), fine-tuning {guess['finetuning_hours']:.1f} h (linear probes, kNN, "
+            f"{guess['pretraining_hours']:.1f} h wall ({guess['pretraining_cpu_hours']:.1f} h of CPU time of the "
+            f"training processes) for {len(DOMAINS) * len(ARCHS) * len(METHODS)} runs x "
+            f"{FULL_IMAGES // BATCH} steps, fine-tuning {guess['finetuning_hours']:.1f} h (linear probes, kNN, "
             "ridge, test passes and start-up not included)", highlight=False, soft_wrap=True)
         atomic.write_text(out / "estimate.json", json.dumps(guess, indent=2) + "\n")
         return 0

@@ -154,6 +154,13 @@ class LoopResult:
         times = [h["seconds"] for h in self.history]
         return statistics.median(times) if times else None
 
+    @property
+    def median_step_cpu_seconds(self) -> float | None:
+        """The typical step in CPU time of this process: on a machine shared with other jobs, what the step
+        costs rather than how long it waited (with one torch thread, the wall time of an idle machine)."""
+        times = [h["cpu_seconds"] for h in self.history]
+        return statistics.median(times) if times else None
+
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, cfg: TrainCfg, total_steps: int):
     """Linear warm-up then cosine decay to 0 (or constant), stepped once per optimiser step."""
@@ -325,17 +332,17 @@ def run_loop(accelerator: Accelerator, task: Task, cfg: TrainCfg, seed: int, run
         bar_task = bar.add_task(description, total=cfg.steps, completed=start_step, status="")
         for step in range(start_step, cfg.steps):
             seed_step(seed, step, accelerator.process_index)
-            t_step = time.perf_counter()
+            t_step, cpu_step = time.perf_counter(), time.process_time()
             logs = _train_step(accelerator, phases, step, cfg)
             task.after_step(step)
             for hook in hooks:
                 hook(step)
             logs = {k: float(v) for k, v in logs.items()}
-            dt = time.perf_counter() - t_step
+            dt, cpu = time.perf_counter() - t_step, time.process_time() - cpu_step
             headline = logs.get("loss", next(iter(logs.values()), math.nan))
             window = (window + [(headline, dt)])[-20:]
             img_s = task.images_per_step * accelerator.num_processes / max(1e-9, sum(d for _, d in window) / len(window))
-            record = {"step": step + 1, **logs, "img_per_s": img_s, "seconds": dt}
+            record = {"step": step + 1, **logs, "img_per_s": img_s, "seconds": dt, "cpu_seconds": cpu}
             history.append(record)
             if accelerator.is_main_process:
                 with metrics_path.open("a") as f:

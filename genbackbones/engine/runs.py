@@ -13,6 +13,7 @@ FLOPs as the steps it came to). A run folder always means the same thing:
     recipe.yaml        the fully resolved recipe, only the sections its method reads
     run.json           status (running, interrupted, failed, trained, exported), provenance, versions, and
                        the compute: images and counted FLOPs per step, the budget, wall time, median step time
+                       (wall and CPU)
     metrics.jsonl      every step's losses, learning rates and throughput
     logs/              the trackers' files (TensorBoard by default)
     checkpoints/       the latest states (resume from the last one)
@@ -132,6 +133,7 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
                     images_seen=recipe.train.steps * info["images_per_step"],
                     flops=recipe.train.steps * info["flops_per_step"],
                     median_step_seconds=result.median_step_seconds,
+                    median_step_cpu_seconds=result.median_step_cpu_seconds,
                     compute=f"{accelerator.num_processes} x {accelerator.device.type}, "
                             f"{seconds / 60:.1f} min for steps {start}-{recipe.train.steps}", **extra)
         write_run_info(accelerator, run_dir, info)
