@@ -60,7 +60,11 @@ class GeneratorCfg:
 
 @dataclass
 class DataCfg:
-    """Real (unlabelled) images, for the methods that train on them (StyleGAN2 trainer, GH-Feat)."""
+    """Unlabelled images, for the methods that train on them (StyleGAN2 trainer, GH-Feat, SSL).
+
+    Real images (the bundled faces, a folder, a dataset); method ssl also takes `generator`: a fresh batch
+    drawn from the recipe's frozen generator every step (its `generator:` section is then read).
+    """
 
     source: str = "faces"  # faces (bundled procedural domain) | image folder | datasets path or Hub id
     #                        | generator (method ssl: images drawn from the recipe's frozen generator)
