@@ -73,6 +73,7 @@ def backbone_card(config: dict, load_line: str, card: dict | None = None) -> str
     pcfg = config["pretrained_cfg"]
     arch = config["architecture"]
     method = get_method(prov["method"])
+    text = method.card_text(prov.get("recipe") or {})
     gen = prov.get("generator") or {}
     data = dict(library_name="timm", pipeline_tag="image-feature-extraction",
                 tags=["genbackbones", prov["method"], "image-feature-extraction", "timm"] + card.get("tags", []),
@@ -80,11 +81,11 @@ def backbone_card(config: dict, load_line: str, card: dict | None = None) -> str
                 model_name=card.get("model_name") or (f"{arch}.{prov['method']}" if card.get("eval_results") else None),
                 base_model=card.get("base_model"), datasets=card.get("datasets"), **license_fields(pcfg["license"]))
     kwargs = dict(
-        title=card.get("title") or f"{arch} · {method.display_name}",
+        title=card.get("title") or f"{arch} · {text['display_name']}",
         arch=arch,
-        method_name=method.display_name,
-        method_ref=method.reference,
-        summary=method.card_summary,
+        method_name=text["display_name"],
+        method_ref=text["reference"],
+        summary=text["card_summary"],
         uses_generator=bool(gen),
         generator_desc=gen.get("description") or gen.get("source") or "-",
         generator_sha256=gen.get("sha256") or "-",
@@ -108,7 +109,7 @@ def backbone_card(config: dict, load_line: str, card: dict | None = None) -> str
         pooled_model=not config.get("model_args", {}).get("feature_location") == "",
         eval_rows=card.get("eval_rows", []),
         limitations=card.get("limitations") or _limitations(gen),
-        citations="\n\n".join(b for b in (method.bibtex, STYLEGAN2_BIBTEX if gen else "") if b),
+        citations="\n\n".join(b for b in (text["bibtex"], STYLEGAN2_BIBTEX if gen else "") if b),
     )
     metadata = ModelCardData(**{k: v for k, v in data.items() if v is not None})
     return str(ModelCard.from_template(metadata, template_path=_template(BACKBONE_TEMPLATE), **kwargs))

@@ -41,7 +41,7 @@ from .methods import get_method
 RECIPES_DIR = Path(__file__).resolve().parent / "assets" / "recipes"
 SHARED_SECTIONS = ("generator", "backbone", "data", "train")
 GENERATOR_KEYWORDS = ("bundled",)  # generator.source values that are not paths (nor random:/hf-hub: prefixes)
-DATA_KEYWORDS = ("faces",)
+DATA_KEYWORDS = ("faces", "generator")  # data.source values that are not paths (generator: SSL's drawn images)
 
 
 @dataclass
@@ -60,9 +60,14 @@ class GeneratorCfg:
 
 @dataclass
 class DataCfg:
-    """Real (unlabelled) images, for the methods that train on them (StyleGAN2 trainer, GH-Feat)."""
+    """Unlabelled images, for the methods that train on them (StyleGAN2 trainer, GH-Feat, SSL).
+
+    Real images (the bundled faces, a folder, a dataset); method ssl also takes `generator`: a fresh batch
+    drawn from the recipe's frozen generator every step (its `generator:` section is then read).
+    """
 
     source: str = "faces"  # faces (bundled procedural domain) | image folder | datasets path or Hub id
+    #                        | generator (method ssl: images drawn from the recipe's frozen generator)
     count: int = 0  # how many images (faces: the first N of the split; 0 = 50,000 / all)
     split: str = "train"
     column: str = "image"  # image column of a `datasets` dataset
@@ -165,10 +170,11 @@ def from_data(data: dict, source: str) -> Recipe:
         raise UserError(f"{source}: 'method' must be a method name, got {method_name!r}")
     method = get_method(method_name, source)
     own = data.pop(method.section, None) if method.section else None
-    unused = [k for k in SHARED_SECTIONS if k in data and k not in method.uses]
+    uses = method.uses_for(data)
+    unused = [k for k in SHARED_SECTIONS if k in data and k not in uses]
     if unused:
         raise UserError(f"{source}: method {method_name} does not read the '{unused[0]}' section; remove it "
-                        f"(it reads: {', '.join(method.uses)}{', ' + method.section if method.section else ''})")
+                        f"(it reads: {', '.join(uses)}{', ' + method.section if method.section else ''})")
     if "method_cfg" in data:
         raise UserError(f"{source}: unknown recipe key 'method_cfg'")
     recipe = from_dict(Recipe, data, source, extra_hint=method.section)
@@ -293,13 +299,20 @@ def _make_paths_absolute(recipe: Recipe) -> None:
 # ----------------------------------------------------------------------------- saving
 
 
+def sections_read(recipe: Recipe) -> tuple[str, ...]:
+    """The shared sections the recipe's method reads in this recipe."""
+    shared = {section: dataclasses.asdict(getattr(recipe, section)) for section in SHARED_SECTIONS}
+    return get_method(recipe.method).uses_for(shared)
+
+
 def to_dict(recipe: Recipe) -> dict:
     """The sections the recipe's method reads, as plain YAML-able data (tuples as lists)."""
     method = get_method(recipe.method)
     data: dict[str, Any] = {"name": recipe.name, "description": recipe.description, "method": recipe.method,
                             "seed": recipe.seed}
+    uses = sections_read(recipe)
     for section in SHARED_SECTIONS:
-        if section in method.uses:
+        if section in uses:
             data[section] = _plain(dataclasses.asdict(getattr(recipe, section)))
     if method.section and recipe.method_cfg is not None:
         data[method.section] = _plain(dataclasses.asdict(recipe.method_cfg))

@@ -42,9 +42,9 @@ def _run(command: str, recipe: Optional[str], set_: list[str], resume: Optional[
 
 
 def _uses(recipe) -> tuple[str, ...]:
-    from ..methods import get_method
+    from ..recipes import sections_read
 
-    return get_method(recipe.method).uses
+    return sections_read(recipe)
 
 
 @app.command()
@@ -94,6 +94,15 @@ def export_cmd(
     print_copyable(f"timm: {load_line(folder)}")
 
 
+def _length(train: dict) -> str:
+    """A recipe's run length as written: steps, or its budget of images seen or FLOPs."""
+    if train.get("images_seen") is not None:
+        return f"{train['images_seen']} images"
+    if train.get("flops") is not None:
+        return f"{float(train['flops']):.3g} FLOPs"
+    return str(train.get("steps", "-"))
+
+
 @app.command("recipes")
 def recipes_cmd(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")):
     """List the bundled recipes (names work from any folder: `genbackbones pretrain NAME`)."""
@@ -107,7 +116,7 @@ def recipes_cmd(as_json: bool = typer.Option(False, "--json", help="Print the li
         rows.append({"recipe": bundled_name(path), "method": str(data.get("method", "layermatch")),
                      "backbone": str((data.get("backbone") or {}).get("arch", "-")),
                      "generator": str((data.get("generator") or {}).get("source", "-")),
-                     "steps": (data.get("train") or {}).get("steps"),
+                     "steps": _length((data.get("train") or {})),
                      "description": " ".join(str(data.get("description", "")).split())})
     if as_json:
         print_copyable(json.dumps(rows, indent=2))

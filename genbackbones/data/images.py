@@ -20,6 +20,7 @@ import torch
 
 from ..errors import UserError
 
+GENERATOR_SOURCE = "generator"  # data.source keyword: images drawn from the frozen generator (method ssl)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -136,6 +137,9 @@ def load_hf_dataset(name: str, resolution: int, split: str = "train", column: st
 def open_images(source: str, resolution: int, count: int = 0, seed: int = 0, split: str = "train",
                 column: str = "image") -> ImageSource:
     """`faces` | a folder of images | a `datasets` dataset (path or Hub id)."""
+    if source == GENERATOR_SOURCE:
+        raise UserError("data.source 'generator' (images drawn from the recipe's generator) is read by method ssl "
+                        "only; this method trains on real images: give faces, an image folder or a dataset")
     if source == "faces":
         return FaceImages(count or 50_000, resolution, seed, split)
     if Path(source).is_dir() and not (Path(source) / "dataset_info.json").exists() \

@@ -5,9 +5,13 @@ Every method (LayerMatch, GH-Feat, the StyleGAN2 trainer, ...) is a `Task` made 
 generator, discriminator and regularisation phases at their own intervals. The
 loop owns everything else, identically for all of them:
 
-* determinism: the RNGs are re-seeded from (seed, step, process) at every step and
-  data positions are a function of the step, so a run killed and resumed from a
-  checkpoint ends bit-identical (on CPU) to one that never stopped;
+* determinism: the RNGs (torch's, and numpy's and Python's global ones, which some
+  augmentation libraries draw from) are re-seeded from (seed, step, process) at
+  every step and data positions are a function of the step, so a run killed and
+  resumed from a checkpoint ends bit-identical (on CPU) to one that never stopped;
+* compute: a run's length is given as steps, or as a budget of images seen or of
+  FLOPs (`resolve_budget`), so methods can be compared at equal compute; the FLOPs
+  of one step are counted, not estimated (`count_step_flops`);
 * checkpoints every N steps (engine/checkpoints.py);
 * trackers chosen by `train.log_with` (TensorBoard by default, Weights & Biases),
   a `metrics.jsonl` with every step's losses and learning rates, a rich progress
@@ -24,7 +28,9 @@ import importlib.util
 import json
 import math
 import os
+import random
 import signal
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,13 +49,25 @@ from .checkpoints import save_checkpoint
 
 STOP_AFTER_ENV = "GENBACKBONES_KILL_AFTER_CHECKPOINT"  # tests: SIGKILL self right after saving this step
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+DEFAULT_STEPS = 300
+BUDGETS = ("steps", "images_seen", "flops")
 
 
 @dataclass
 class TrainCfg:
-    """A recipe's `train:` section: the settings of this loop, shared by every method."""
+    """A recipe's `train:` section: the settings of this loop, shared by every method.
 
-    steps: int = 300
+    The length of a run is given one way: `steps`, or a budget of `images_seen`
+    (images through the training step, all processes together) or of `flops` (the
+    counted FLOPs of a step times the steps, see `count_step_flops`). A budget is
+    turned into `steps` when a run starts, before anything is written
+    (`resolve_budget`); the saved recipe holds the steps, run.json the budget.
+    With none of the three, `steps` is 300.
+    """
+
+    steps: int | None = None
+    images_seen: int | None = None  # budget: images seen, all processes
+    flops: float | None = None  # budget: FLOPs (forward + backward of everything a step runs)
     batch_size: int = 16  # per process, per micro-batch
     grad_accum: int = 1
     lr: float = 1e-3
@@ -65,9 +83,20 @@ class TrainCfg:
     log_with: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"  # Accelerate trackers
     num_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
 
+    def __post_init__(self) -> None:
+        if self.steps is None and self.images_seen is None and self.flops is None:
+            self.steps = DEFAULT_STEPS
+
     def check(self) -> None:
-        for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
-            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        given = [key for key in BUDGETS if getattr(self, key) is not None]
+        if len(given) > 1:
+            require(False, given[-1], f"and train.{given[0]} both give the run's length; keep one "
+                                      f"(e.g. --set train.{given[0]}=null)")
+        for key in ("steps", "images_seen", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, f"must be >= 1, got {value}")
+        require(self.flops is None or (self.flops > 0 and math.isfinite(self.flops)), "flops",
+                f"must be a positive number, got {self.flops}")
         require(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
@@ -119,6 +148,19 @@ class LoopResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
 
+    @property
+    def median_step_seconds(self) -> float | None:
+        """The typical step (the median: the first step's warm-up and checkpoint saves do not count)."""
+        times = [h["seconds"] for h in self.history]
+        return statistics.median(times) if times else None
+
+    @property
+    def median_step_cpu_seconds(self) -> float | None:
+        """The typical step in CPU time of this process: on a machine shared with other jobs, what the step
+        costs rather than how long it waited (with one torch thread, the wall time of an idle machine)."""
+        times = [h["cpu_seconds"] for h in self.history]
+        return statistics.median(times) if times else None
+
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, cfg: TrainCfg, total_steps: int):
     """Linear warm-up then cosine decay to 0 (or constant), stepped once per optimiser step."""
@@ -135,8 +177,86 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, cfg: TrainCfg, total_steps
 
 
 def seed_step(seed: int, step: int, process_index: int) -> None:
-    """Re-seed every RNG from (seed, step, process): resume needs no RNG state."""
-    torch.manual_seed((seed * 1_000_003 + step * 7919 + process_index * 104_729) % (2**63 - 1))
+    """Re-seed every RNG from (seed, step, process): resume needs no RNG state.
+
+    numpy's and Python's global RNGs too: lightly's view transforms (GaussianBlur,
+    RandomSolarization) draw from numpy's, and a resumed run must draw the same views.
+    """
+    value = (seed * 1_000_003 + step * 7919 + process_index * 104_729) % (2**63 - 1)
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
+@dataclass
+class StepCost:
+    """What one training step costs, over all processes: images and counted FLOPs."""
+
+    images_per_step: int
+    flops_per_step: float
+
+    def as_dict(self) -> dict:
+        return {"images_per_step": self.images_per_step, "flops_per_step": self.flops_per_step}
+
+
+def count_step_flops(accelerator: Accelerator, task: Task, cfg: TrainCfg, seed: int) -> float:
+    """FLOPs of one average training step of `task` on this process, counted by torch's FlopCounterMode.
+
+    Counted: forward and backward of everything each phase's loss runs (a frozen
+    generator's forward and the reconstruction through it, discriminators, perceptual
+    networks, momentum encoders), every micro-batch; a phase that runs every N steps
+    counts 1/N. FlopCounterMode counts matrix products and convolutions (2 FLOPs per
+    multiply-add), not elementwise work, optimiser updates or data augmentation on
+    the CPU. The task is really stepped: give a throwaway copy (`engine.runs` does).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total = 0.0
+    seed_step(seed, 0, accelerator.process_index)
+    for phase in task.phases():
+        counter = FlopCounterMode(display=False)
+        counter.mod_tracker = _TotalsOnly()
+        with counter:
+            _train_step(accelerator, [phase], 0, cfg)
+        total += counter.get_total_flops() / phase.every
+    return total
+
+
+class _TotalsOnly:
+    """FlopCounterMode's module tracker, reduced to the total it always keeps.
+
+    The tracker installs global module hooks to split counts by module, and autograd
+    cannot run `autograd.grad(..., create_graph=True)` (R1 and path-length penalties)
+    under them; only the total ('Global') is needed here.
+    """
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args) -> None:
+        return None
+
+
+def resolve_budget(cfg: TrainCfg, cost: StepCost) -> dict | None:
+    """Turn an images-seen or FLOPs budget into `cfg.steps` (rounded up: at least the budget).
+
+    Returns what run.json records about the budget (None when the recipe gave steps).
+    """
+    if cfg.images_seen is not None:
+        asked = {"images_seen": cfg.images_seen}
+        cfg.steps = max(1, math.ceil(cfg.images_seen / cost.images_per_step))
+    elif cfg.flops is not None:
+        if cost.flops_per_step <= 0:
+            raise UserError("train.flops: no FLOPs were counted in a training step of this method; give "
+                            "train.steps or train.images_seen instead")
+        asked = {"flops": cfg.flops}
+        cfg.steps = max(1, math.ceil(cfg.flops / cost.flops_per_step))
+    else:
+        return None
+    cfg.images_seen = cfg.flops = None
+    return {**asked, "steps": cfg.steps, **cost.as_dict()}
 
 
 def trackers(cfg: TrainCfg) -> list[str]:
@@ -212,17 +332,17 @@ def run_loop(accelerator: Accelerator, task: Task, cfg: TrainCfg, seed: int, run
         bar_task = bar.add_task(description, total=cfg.steps, completed=start_step, status="")
         for step in range(start_step, cfg.steps):
             seed_step(seed, step, accelerator.process_index)
-            t_step = time.perf_counter()
+            t_step, cpu_step = time.perf_counter(), time.process_time()
             logs = _train_step(accelerator, phases, step, cfg)
             task.after_step(step)
             for hook in hooks:
                 hook(step)
             logs = {k: float(v) for k, v in logs.items()}
-            dt = time.perf_counter() - t_step
+            dt, cpu = time.perf_counter() - t_step, time.process_time() - cpu_step
             headline = logs.get("loss", next(iter(logs.values()), math.nan))
             window = (window + [(headline, dt)])[-20:]
             img_s = task.images_per_step * accelerator.num_processes / max(1e-9, sum(d for _, d in window) / len(window))
-            record = {"step": step + 1, **logs, "img_per_s": img_s}
+            record = {"step": step + 1, **logs, "img_per_s": img_s, "seconds": dt, "cpu_seconds": cpu}
             history.append(record)
             if accelerator.is_main_process:
                 with metrics_path.open("a") as f:

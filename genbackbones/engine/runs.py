@@ -1,15 +1,19 @@
 """The one run skeleton: every training command (pretrain, train-generator, any method) goes through `train`.
 
     reopen or choose the run folder -> the method validates and builds its inputs ->
-    accelerator -> recipe.yaml -> the method builds its task -> resume -> run.json ->
+    accelerator -> the cost of one step (a throwaway copy) -> a budget becomes steps ->
+    the method builds its task -> recipe.yaml -> resume -> run.json ->
     the loop -> samples.png -> the method's finish -> export -> run.json
 
 Everything that can be wrong with the user's input is checked by the method's
-`prepare` before the run folder is created, so bad input leaves nothing behind.
-A run folder always means the same thing:
+`prepare` (and `build`) before the run folder is created, so bad input leaves
+nothing behind, and the recipe is saved fully resolved (a budget of images or
+FLOPs as the steps it came to). A run folder always means the same thing:
 
     recipe.yaml        the fully resolved recipe, only the sections its method reads
-    run.json           status (running, interrupted, failed, trained, exported), provenance, timings, versions
+    run.json           status (running, interrupted, failed, trained, exported), provenance, versions, and
+                       the compute: images and counted FLOPs per step, the budget, wall time, median step time
+                       (wall and CPU)
     metrics.jsonl      every step's losses, learning rates and throughput
     logs/              the trackers' files (TensorBoard by default)
     checkpoints/       the latest states (resume from the last one)
@@ -19,12 +23,16 @@ A run folder always means the same thing:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import random
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import torch
 from rich.console import Console
 
 from .. import atomic
@@ -34,7 +42,7 @@ from ..methods import get_method
 from ..recipes import Recipe, dump_recipe, load_recipe, to_dict
 from ..version import versions
 from .checkpoints import latest_checkpoint, load_checkpoint
-from .loop import log_image, make_accelerator, run_loop, tracker_config
+from .loop import StepCost, count_step_flops, log_image, make_accelerator, resolve_budget, run_loop, tracker_config
 
 RUN_STATUSES = ("running", "interrupted", "failed", "trained", "exported")
 
@@ -61,21 +69,24 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
     previous = _read_run_info(run_dir) if run_dir is not None else {}
     checkpoint = None
     if run_dir is None:
-        run_dir = new_run_dir(recipe, output)
+        run_dir = new_run_dir(recipe, output)  # only a path until everything is resolved
     else:
         checkpoint = latest_checkpoint(run_dir)
     accelerator = make_accelerator(recipe.train, run_dir, prepared.find_unused_parameters)
+    cost = measure_step_cost(method, prepared, recipe, accelerator)
+    budget = resolve_budget(recipe.train, cost) or previous.get("budget")
+    task = method.build(prepared, recipe, accelerator)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     accelerator.wait_for_everyone()
     accelerator.init_trackers("logs", config=tracker_config(to_dict(recipe)))
 
-    task = method.build(prepared, recipe, accelerator)
     start = load_checkpoint(checkpoint, task.state_objects(), accelerator.device) if checkpoint is not None else 0
     info = {
         "status": "running", "method": recipe.method, **method.describe(prepared, recipe),
-        "images_per_step": task.images_per_step * accelerator.num_processes,
+        "images_per_step": cost.images_per_step, "flops_per_step": cost.flops_per_step,
+        "flops_counted": FLOPS_COUNTED, "budget": budget,
         "num_processes": accelerator.num_processes, "device": str(accelerator.device),
         "mixed_precision": recipe.train.mixed_precision, "versions": versions(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed_from_step": start,
@@ -94,8 +105,9 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
 
     t0 = time.perf_counter()
     try:
-        run_loop(accelerator, task, recipe.train, recipe.seed, run_dir, start_step=start, description=recipe.method,
-                 console=console, hooks=method.hooks(task, recipe, run_dir, accelerator))
+        result = run_loop(accelerator, task, recipe.train, recipe.seed, run_dir, start_step=start,
+                          description=recipe.method, console=console,
+                          hooks=method.hooks(task, recipe, run_dir, accelerator))
     except BaseException as err:
         interrupted = isinstance(err, KeyboardInterrupt)
         last = latest_checkpoint(run_dir)
@@ -119,6 +131,9 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
         extra = method.finish(task, prepared, recipe, run_dir)
         info.update(status="trained", train_seconds=round(seconds, 1), steps=recipe.train.steps,
                     images_seen=recipe.train.steps * info["images_per_step"],
+                    flops=recipe.train.steps * info["flops_per_step"],
+                    median_step_seconds=result.median_step_seconds,
+                    median_step_cpu_seconds=result.median_step_cpu_seconds,
                     compute=f"{accelerator.num_processes} x {accelerator.device.type}, "
                             f"{seconds / 60:.1f} min for steps {start}-{recipe.train.steps}", **extra)
         write_run_info(accelerator, run_dir, info)
@@ -131,6 +146,39 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+FLOPS_COUNTED = ("torch FlopCounterMode over one training step: forward and backward of everything the step runs "
+                 "(generator, discriminator, momentum encoder included), all processes; matrix products and "
+                 "convolutions only, 2 FLOPs per multiply-add")
+
+
+def measure_step_cost(method, prepared, recipe: Recipe, accelerator) -> StepCost:
+    """Images and counted FLOPs of one training step, all processes (`loop.count_step_flops`).
+
+    The step runs on a throwaway task built from copies of the prepared inputs, with
+    the RNG states put back afterwards: the real task is built afterwards exactly as
+    without the measurement, and is built once the budget has become its steps (its
+    learning-rate schedule needs them). A step's cost does not depend on the run's
+    length, so the copy's recipe may use a placeholder.
+    """
+    probe_recipe = copy.deepcopy(recipe)
+    if probe_recipe.train.steps is None:
+        probe_recipe.train.steps = 1
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            probe = method.build(copy.deepcopy(prepared), probe_recipe, accelerator)
+            flops = count_step_flops(accelerator, probe, probe_recipe.train, recipe.seed)
+            images = probe.images_per_step
+            del probe
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+        accelerator.free_memory()
+    n = accelerator.num_processes
+    return StepCost(images_per_step=images * n, flops_per_step=flops * n)
 
 
 def reopen(run_dir: Path, steps: int | None) -> tuple[Recipe, Path]:

@@ -8,12 +8,15 @@ for what differs between methods and do the rest the same way for all of them.
 
 What a method provides:
   section / config   the name and dataclass of its own recipe section (`layermatch:`)
-  uses               the shared recipe sections it reads (`generator`, `backbone`, `data`, `train`)
+  uses               the shared recipe sections it reads (`generator`, `backbone`, `data`, `train`);
+                     `uses_for(recipe)` when that depends on the recipe (SSL reads `generator:` only
+                     when its images come from the generator)
   prepare(recipe)    build and validate everything before a run folder exists; fill in derived values
   build(...)         models on the accelerator, optimisers, the loop's `Task`
   describe(...)      what run.json records about this run
   finish(...)        work at the end (save a generator, ...), main process only
-and, for the cards of the backbones it exports, its display name, reference and BibTeX.
+and, for the cards of the backbones it exports, its display name, reference, BibTeX and a
+one-line summary (`card_text(recipe)` when they depend on the recipe, as SSL's algorithm).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..errors import UserError
 
@@ -50,6 +54,17 @@ class Method:
     reference: ClassVar[str] = ""  # one line: authors, title, venue
     bibtex: ClassVar[str] = ""
     card_summary: ClassVar[str] = ""  # how the exported backbone was trained, for its card (one sentence)
+
+    def uses_for(self, recipe: Mapping[str, Any]) -> tuple[str, ...]:
+        """The shared sections a recipe of this method reads, given the recipe as plain data (a parsed YAML
+        mapping, sections possibly absent); `uses` unless the method's inputs depend on the recipe."""
+        return self.uses
+
+    def card_text(self, recipe: Mapping[str, Any]) -> dict[str, str]:
+        """What a backbone card says about the method (`display_name`, `reference`, `bibtex`, `card_summary`),
+        given the run's recipe as plain data; the class attributes unless they depend on the recipe."""
+        return {"display_name": self.display_name, "reference": self.reference, "bibtex": self.bibtex,
+                "card_summary": self.card_summary}
 
     def prepare(self, recipe: Recipe, num_processes: int) -> Prepared:
         """Validate the recipe and build what the run needs, writing nothing; fill derived values into `recipe`."""

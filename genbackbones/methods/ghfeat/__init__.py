@@ -180,8 +180,6 @@ class GHFeat(Method):
         vgg = VGGConv4_3() if cfg.perceptual == "vgg16" else None
         stats = style_statistics(G, cfg.style_samples, recipe.seed)
         encoder = build_encoder(recipe, G, stats)
-        if cfg.lr_decay_every == 0:
-            cfg.lr_decay_every = max(1, recipe.train.steps // 4)  # resolved now, so that resume keeps it
         recipe.data.resolution = G.img_resolution
         return GHFeatInputs(handle, D, d_origin, data, vgg, stats, encoder,
                             find_unused_parameters=len(encoder.groups) < len(GROUPS))
@@ -189,6 +187,8 @@ class GHFeat(Method):
     def build(self, prepared: GHFeatInputs, recipe, accelerator) -> GHFeatTask:
         """Optimisers (Adam; D's rescaled for lazy R1), step decay, models on the device."""
         cfg, train, device = recipe.method_cfg, recipe.train, accelerator.device
+        if cfg.lr_decay_every == 0:  # resolved here (train.steps is known once a budget is resolved), saved
+            cfg.lr_decay_every = max(1, train.steps // 4)  # in recipe.yaml, so that resume keeps it
         G, D = prepared.handle.G.to(device), prepared.D.to(device)
         vgg = prepared.vgg.to(device) if prepared.vgg is not None else None
         opt_E = torch.optim.Adam(prepared.encoder.parameters(), lr=train.lr, betas=tuple(train.betas), eps=1e-8)

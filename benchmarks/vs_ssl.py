@@ -1,0 +1,428 @@
+"""At equal compute: LayerMatch vs GH-Feat vs self-supervised learning (lightly) vs random init.
+
+The question a practitioner with a domain GAN asks: does the GAN route beat simply
+running self-supervised learning on my unlabelled images? For each domain and
+architecture this trains, through the same loop, export and evaluator, at the same
+budget of images seen (16,000 = the LayerMatch UTKFace recipes' 1,000 steps x 16):
+
+    layermatch        LayerMatch against the domain's generator
+    ghfeat            GH-Feat: real images reconstructed through the generator
+    simclr-real       SimCLR on the real unlabelled images      (method ssl, lightly)
+    byol-real         BYOL on the real unlabelled images        (method ssl, lightly)
+    simclr-generated  SimCLR on images drawn from the generator (method ssl, data.source: generator)
+
+and evaluates them, with random init of each architecture, by the evaluator's protocols:
+
+    utkface   gender and age group: linear probe, kNN (when the evaluator has it), fine-tuning;
+              labels 16/64/256/1024 x 3 seeds; test faces from the held-out split the
+              generator never saw (`python benchmarks/real_faces.py prepare`, run first if needed)
+    faces     the bundled domain: segmentation, landmarks, hair colour (linear, kNN, fine-tune);
+              labels 4/16/64 x 3 seeds
+
+    python benchmarks/vs_ssl.py                     # everything (hours: see the estimate --tiny prints)
+    python benchmarks/vs_ssl.py --domains faces     # one domain
+    python benchmarks/vs_ssl.py --tiny              # the whole pipeline in minutes: a smoke test, not a
+                                                    # measurement; prints the full run's estimated length
+
+Pretraining runs live in benchmarks/work/vs_ssl/runs/<domain>/<arch>-<method>/; a run already
+exported is skipped and an interrupted one resumed, so the benchmark can be continued across
+sessions (evaluations already written are skipped too). Results go to benchmarks/results/vs_ssl/:
+one folder per domain and task (results.json, summary.csv, a plot, model_index.json), compute.json
+(images seen, steps, FLOPs per step and in all, wall time and median step time of every run) and
+README.md with every table, the command and the measured wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see genbackbones/evaluate/cli.py
+
+from rich.console import Console  # noqa: E402
+
+from genbackbones import atomic  # noqa: E402
+from genbackbones.errors import UserError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "benchmarks" / "recipes"
+UTKFACE_GENERATOR = REPO / "benchmarks" / "assets" / "utkface64" / "generator"
+UTKFACE_WORK = REPO / "benchmarks" / "work" / "utkface64"
+WORK = REPO / "benchmarks" / "work" / "vs_ssl"
+TINY_WORK = REPO / "benchmarks" / "work" / "vs_ssl-tiny"
+RESULTS = REPO / "benchmarks" / "results" / "vs_ssl"
+DOMAINS = ("utkface", "faces")
+ARCHS = ("resnet18", "hrnet_w18_small")
+METHODS = ("layermatch", "ghfeat", "simclr-real", "byol-real", "simclr-generated")
+BATCH = 16
+FULL_IMAGES = 16_000  # = benchmarks/recipes/layermatch/*-utkface64.yaml: 1,000 steps x 16 images
+TINY_IMAGES = 3 * BATCH
+# "knn" plugs in when the evaluator has a kNN protocol (being added on another branch): protocols the
+# evaluator refuses are left out and the README says so (`available_protocols`)
+CLASSIFICATION_PROTOCOLS = ("linear", "knn", "finetune")
+FULL_LABELS = {"utkface": "16,64,256,1024", "faces": "4,16,64"}
+UTKFACE_TARGETS = ("gender", "age_group")
+FACES_TARGET = "hair_colour"
+FULL_SETTINGS = {"utkface": ["max_steps=400"], "faces": []}  # utkface: as benchmarks/real_faces.py's runs
+# tiny: 20 fine-tuning steps, enough to time a step for the estimate (3 would time mostly the set-up)
+TINY_SETTINGS = ["min_steps=20", "max_steps=20", "data.pool=16", "data.test_size=16", "eval_batch_size=16"]
+
+
+@dataclass
+class Pretraining:
+    """One pretraining run of the benchmark: which recipe, with which overrides, into which folder."""
+
+    domain: str
+    arch: str
+    method: str
+    recipe: str
+    overrides: list[str]
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}-{self.method}"
+
+    def command(self, folder: Path) -> list[str]:
+        return [sys.executable, "-m", "genbackbones", "pretrain", self.recipe, "-o", str(folder),
+                *[a for o in self.overrides for a in ("--set", o)]]
+
+
+def plan(domains: list[str], archs: list[str], methods: list[str], images: int, threads: int | None) -> list[Pretraining]:
+    """Every pretraining run: the domain's recipe of each method, with the architecture and budget set."""
+    runs = []
+    for domain in domains:
+        for arch in archs:
+            for method in methods:
+                recipe, extra = _recipe(domain, arch, method)
+                overrides = [f"backbone.arch={arch}",
+                             "backbone.feature_location=''" if arch.startswith("hrnet") else
+                             "backbone.feature_location=null",
+                             "train.steps=null", "train.flops=null", f"train.images_seen={images}",
+                             f"train.batch_size={BATCH}", *extra]
+                if threads:
+                    overrides.append(f"train.num_threads={threads}")
+                runs.append(Pretraining(domain, arch, method, recipe, overrides))
+    return runs
+
+
+def _recipe(domain: str, arch: str, method: str) -> tuple[str, list[str]]:
+    """(recipe, overrides) of a method on a domain: UTKFace recipes from benchmarks/recipes, bundled otherwise."""
+    algorithm, _, source = method.partition("-")
+    generated = ["data.source=generator", "data.count=0"]
+    if domain == "utkface":
+        if method == "layermatch":
+            return str(RECIPES / "layermatch" / f"{arch}-utkface64.yaml"), []
+        if method == "ghfeat":
+            return str(RECIPES / "ghfeat" / "resnet18-utkface64.yaml"), []
+        recipe = str(RECIPES / "ssl" / f"{algorithm}-{arch}-utkface64.yaml")
+        return recipe, ([*generated, f"generator.source={UTKFACE_GENERATOR}"] if source == "generated" else [])
+    if method == "layermatch":
+        return "quickstart", ["generator.source=bundled"]
+    if method == "ghfeat":
+        return "ghfeat/quickstart", []
+    return f"ssl/{algorithm}-quickstart", ([*generated, "generator.source=bundled"] if source == "generated" else [])
+
+
+# ----------------------------------------------------------------------------- pretraining
+
+
+def read_info(folder: Path) -> dict:
+    path = folder / "run.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def pretrain(run: Pretraining, folder: Path, console: Console) -> dict:
+    """Train (or resume, or just export) one run; returns its run.json. Output goes to <folder>.log."""
+    from genbackbones.engine.checkpoints import latest_checkpoint
+
+    info = read_info(folder)
+    if info.get("status") == "exported":
+        console.print(f"[dim]{run.domain}/{run.name}: done earlier ({folder})[/]")
+        return info
+    if info.get("status") == "trained":
+        command = [sys.executable, "-m", "genbackbones", "export", str(folder)]
+    elif (folder / "recipe.yaml").is_file() and latest_checkpoint(folder) is not None:
+        command = [sys.executable, "-m", "genbackbones", "pretrain", "--resume", str(folder)]
+    else:
+        if folder.exists():  # started but without a checkpoint: nothing to keep
+            shutil.rmtree(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        command = run.command(folder)
+    console.print(f"{run.domain}/{run.name}: {shlex.join(command[2:])}", highlight=False, soft_wrap=True)
+    log = folder.with_suffix(".log")
+    t0 = time.perf_counter()
+    with log.open("a") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    if done.returncode != 0:
+        tail = log.read_text().splitlines()[-5:]
+        raise UserError(f"{run.domain}/{run.name} failed (exit {done.returncode}); see {log}: {' | '.join(tail)}")
+    info = read_info(folder)
+    info["benchmark_wall_seconds"] = round(time.perf_counter() - t0, 1)  # this session: start-up and export too
+    console.print(f"  {info.get('steps')} steps x {info.get('images_per_step')} images, "
+                  f"{info.get('train_seconds')} s training, median step {info.get('median_step_seconds', 0):.3f} s",
+                  highlight=False)
+    return info
+
+
+def compute_row(run: Pretraining, folder: Path, info: dict) -> dict:
+    """What compute.json and the README record about one run."""
+    return {"domain": run.domain, "backbone": run.name, "arch": run.arch, "method": run.method,
+            "recipe": run.recipe if not run.recipe.startswith(str(REPO)) else str(Path(run.recipe).relative_to(REPO)),
+            "overrides": run.overrides, "folder": str(folder), "steps": info.get("steps"),
+            "images_seen": info.get("images_seen"), "flops_per_step": info.get("flops_per_step"),
+            "flops": info.get("flops"), "train_seconds": info.get("train_seconds"),
+            "median_step_seconds": info.get("median_step_seconds"),
+            "median_step_cpu_seconds": info.get("median_step_cpu_seconds"), "num_processes": info.get("num_processes"),
+            "device": info.get("device"), "budget": info.get("budget")}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Evaluation:
+    domain: str
+    folder: str  # results folder under <out>/<domain>/
+    task: str
+    protocol: str | None
+    target: str | None
+
+
+def available_protocols() -> tuple[list[str], list[str]]:
+    """The classification protocols the evaluator accepts now, and those it does not have (yet)."""
+    from genbackbones.evaluate.tasks import make_settings
+
+    ok, missing = [], []
+    for protocol in CLASSIFICATION_PROTOCOLS:
+        try:
+            make_settings("classification", [], None, protocol)
+            ok.append(protocol)
+        except UserError:
+            missing.append(protocol)
+    return ok, missing
+
+
+def evaluations(domains: list[str], protocols: list[str]) -> list[Evaluation]:
+    jobs = []
+    for domain in domains:
+        if domain == "faces":
+            jobs += [Evaluation(domain, "segmentation", "segmentation", None, None),
+                     Evaluation(domain, "landmarks", "landmarks", None, None)]
+            jobs += [Evaluation(domain, f"{FACES_TARGET}-{p}", "classification", p, FACES_TARGET) for p in protocols]
+        else:
+            jobs += [Evaluation(domain, f"{t}-{p}", "classification", p, t) for t in UTKFACE_TARGETS
+                     for p in protocols]
+    return jobs
+
+
+def evaluate(job: Evaluation, runs: list[Path], out: Path, labels: str, seeds: int, settings: list[str],
+             baselines: list[str], device: str, console: Console) -> dict:
+    """One task x protocol for every run of the domain (+ baselines); skipped when its results exist."""
+    from genbackbones.evaluate import run_evaluation
+    from genbackbones.evaluate.data import DataOptions
+    from genbackbones.evaluate.report import write_outputs
+
+    folder = out / job.domain / job.folder
+    expected = sorted(str(r) for r in runs)
+    if (folder / "results.json").is_file():
+        results = json.loads((folder / "results.json").read_text())
+        if sorted(results.get("benchmark", {}).get("runs", [])) == expected:
+            console.print(f"[dim]{job.domain}/{job.folder}: done earlier[/]")
+            return results
+    data = DataOptions("faces", 64, target=job.target) if job.domain == "faces" else \
+        DataOptions(str(UTKFACE_WORK / "eval"), 64, target=job.target)
+    console.print(f"[bold]{job.domain}/{job.folder}[/]: {len(runs)} runs + baselines {','.join(baselines) or '-'}")
+    results = run_evaluation([str(r) for r in runs], job.task, data=data, labels=labels, seeds=seeds,
+                             baselines=baselines, overrides=settings, protocol=job.protocol, device=device,
+                             console=console)
+    results["benchmark"] = {"runs": expected, "domain": job.domain}
+    write_outputs(results, folder)
+    return results
+
+
+# ----------------------------------------------------------------------------- report and estimate
+
+
+def finetune_steps(n: int, settings: dict) -> int:
+    """The evaluator's fine-tuning length for N labels: clamp(epochs x N / batch, min_steps, max_steps)."""
+    return int(min(settings["max_steps"], max(settings["min_steps"], math.ceil(settings["epochs"] * n /
+                                                                                  settings["batch_size"]))))
+
+
+def estimate(compute: list[dict], evaluated: dict[str, dict], domains: list[str], archs: list[str],
+             methods: list[str], protocols: list[str], seeds: int = 3) -> dict:
+    """The full benchmark's length from this session's measured step times (pretraining and fine-tuning).
+
+    Pretraining: each run's steps at the full budget x the median step time measured for the same
+    architecture and method (the UTKFace and bundled generators have the same architecture). Evaluation:
+    every fine-tuning (segmentation, heatmap landmarks, classification fine-tune) at its full length x
+    the seconds per step measured for that architecture and task (a whole fine-tuning run's time over its
+    steps, so its set-up and test pass are spread over the steps). Not included: linear probes, ridge and kNN
+    (feature extraction once per backbone: the committed real_faces linear probe of 5 backbones took a
+    minute), test-set passes, start-up and export.
+    """
+    step_time = {(r["arch"], r["method"]): r["median_step_seconds"] for r in compute if r["median_step_seconds"]}
+    step_cpu = {(r["arch"], r["method"]): r["median_step_cpu_seconds"] for r in compute
+                if r.get("median_step_cpu_seconds")}
+    pretraining, pretraining_cpu = (sum(FULL_IMAGES / BATCH * times[(a, m)] for _ in domains for a in archs
+                                        for m in methods if (a, m) in times) for times in (step_time, step_cpu))
+    per_step: dict[tuple[str, str], float] = {}
+    for name, results in evaluated.items():
+        task = results["task"] if results["task"] != "classification" else "classification-finetune"
+        if results["task"] == "classification" and results["settings"].get("protocol") != "finetune":
+            continue
+        for r in results["runs"]:
+            if r.get("steps"):
+                arch = next(b["arch"] for b in results["backbones"] if b["name"] == r["backbone"])
+                per_step.setdefault((arch.split(".")[0], task), r["seconds"] / r["steps"])
+    defaults = {"epochs": 50.0, "min_steps": 300, "max_steps": 2000, "batch_size": 8}
+    tasks = {"faces": ["segmentation", "landmarks"] + (["classification-finetune"] if "finetune" in protocols else []),
+             "utkface": ["classification-finetune"] * (len(UTKFACE_TARGETS) if "finetune" in protocols else 0)}
+    finetuning = 0.0
+    for domain in domains:
+        settings = {**defaults, "max_steps": 400} if domain == "utkface" else defaults
+        counts = [int(n) for n in FULL_LABELS[domain].split(",")]
+        models = [(a, m) for a in archs for m in methods] + [(a, "random") for a in archs]
+        for task in tasks[domain]:
+            for arch, _ in models:
+                if (arch, task) in per_step:
+                    finetuning += seeds * sum(finetune_steps(n, settings) for n in counts) * per_step[(arch, task)]
+    return {"pretraining_hours": pretraining / 3600, "pretraining_cpu_hours": pretraining_cpu / 3600,
+            "finetuning_hours": finetuning / 3600,
+            "step_seconds": {f"{a}-{m}": s for (a, m), s in step_time.items()},
+            "step_cpu_seconds": {f"{a}-{m}": s for (a, m), s in step_cpu.items()},
+            "finetune_step_seconds": {f"{a} {t}": s for (a, t), s in per_step.items()}}
+
+
+def readme(out: Path, compute: list[dict], missing_protocols: list[str], command: str, seconds: float,
+           tiny: bool) -> str:
+    from genbackbones.evaluate.report import markdown_tables, summarise
+
+    lines = ["# At equal compute: LayerMatch vs GH-Feat vs self-supervised learning vs random init", "",
+             f"Command: `{command}`. Wall time of this command: {seconds / 60:.1f} min (runs and evaluations done by "
+             f"earlier sessions are not included; each run's own time is in the table). Machine: "
+             f"{platform.machine()}, {os.cpu_count()} CPU cores." + (" `--tiny`: a few steps per run, a smoke test "
+                                                                      "of the pipeline, not a measurement." if tiny
+                                                                      else ""), "",
+             "Every run sees the same number of images (`train.images_seen`); FLOPs per step are counted by "
+             "torch's FlopCounterMode over one training step (forward and backward of everything the step runs, "
+             "generator included; matrix products and convolutions).", "",
+             "| domain | backbone | steps | images seen | GFLOPs / step | TFLOPs in all | training wall time | "
+             "median step (wall / CPU) |", "|---|---|---|---|---|---|---|---|"]
+    for r in compute:
+        lines.append(f"| {r['domain']} | {r['backbone']} | {r['steps']} | {r['images_seen']} | "
+                     f"{r['flops_per_step'] / 1e9:.1f} | {r['flops'] / 1e12:.3g} | {r['train_seconds'] / 60:.1f} min | "
+                     f"{r['median_step_seconds']:.3f} s / {r['median_step_cpu_seconds']:.3f} s |")
+    lines.append("")
+    if missing_protocols:
+        lines += [f"Not evaluated: classification protocol(s) {', '.join(missing_protocols)} (this evaluator does "
+                  "not have them yet).", ""]
+    for path in sorted(out.glob("*/*/results.json")):
+        results = json.loads(path.read_text())
+        results["summary"] = summarise(results)
+        folder = f"{path.parent.parent.name}/{path.parent.name}"
+        timing = results["timing"]
+        tables = markdown_tables(results, folder).split("\n", 2)[2]
+        lines += [f"## {folder}", "", f"Data: {results['data']['summary']}. Labels "
+                  f"{', '.join(map(str, results['labels']))}; seeds {len(results['seeds'])}; evaluation wall time "
+                  f"{timing['total_seconds'] / 60:.1f} min on {timing['device']} ({timing['torch_threads']} threads).",
+                  "", tables]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domains", default=None, help="utkface,faces (tiny: faces)")
+    parser.add_argument("--archs", default=",".join(ARCHS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--images", type=int, default=None, help=f"images seen per run (default {FULL_IMAGES}, "
+                                                                 f"tiny {TINY_IMAGES})")
+    parser.add_argument("--seeds", type=int, default=None, help="default 3 (tiny 1)")
+    parser.add_argument("--labels", default=None, help="default per domain (utkface 16,64,256,1024; faces 4,16,64)")
+    parser.add_argument("--baselines", default="random", help="evaluator baselines (random, imagenet or none)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for pretraining and evaluation")
+    parser.add_argument("--work", type=Path, default=None, help=f"run folders (default {WORK.relative_to(REPO)})")
+    parser.add_argument("--out", type=Path, default=None, help=f"results (default {RESULTS.relative_to(REPO)})")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip-evaluation", action="store_true", help="pretraining runs only")
+    parser.add_argument("--tiny", action="store_true", help="the bundled domain, a few steps: the pipeline in minutes")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    command = shlex.join(["python", "benchmarks/vs_ssl.py", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        domains = (args.domains or ("faces" if args.tiny else ",".join(DOMAINS))).split(",")
+        archs, methods = args.archs.split(","), args.methods.split(",")
+        for name, values, valid in (("domain", domains, DOMAINS), ("arch", archs, ARCHS), ("method", methods, METHODS)):
+            bad = [v for v in values if v not in valid]
+            if bad:
+                raise UserError(f"--{name}s: {bad[0]!r} is not one of {', '.join(valid)}")
+        images = args.images or (TINY_IMAGES if args.tiny else FULL_IMAGES)
+        seeds = args.seeds or (1 if args.tiny else 3)
+        work = args.work or (TINY_WORK / "runs" if args.tiny else WORK / "runs")
+        out = args.out or (TINY_WORK / "results" if args.tiny else RESULTS)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        if "utkface" in domains and not (UTKFACE_WORK / "eval" / "train" / "labels.csv").is_file():
+            console.print("the UTKFace split is not prepared: running `python benchmarks/real_faces.py prepare`")
+            subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_faces.py"), "prepare"], check=True)
+
+        runs = plan(domains, archs, methods, images, args.threads)
+        compute = []
+        for run in runs:
+            folder = work / run.domain / run.name
+            compute.append(compute_row(run, folder, pretrain(run, folder, console)))
+        protocols, missing = available_protocols()
+        evaluated = {}
+        if not args.skip_evaluation:
+            settings = TINY_SETTINGS if args.tiny else None
+            for job in evaluations(domains, protocols):
+                folders = [work / r.domain / r.name for r in runs if r.domain == job.domain]
+                labels = args.labels or ("4" if args.tiny else FULL_LABELS[job.domain])
+                results = evaluate(job, folders, out, labels, seeds, settings or FULL_SETTINGS[job.domain],
+                                   [b for b in args.baselines.split(",") if b and b != "none"], args.device, console)
+                evaluated[f"{job.domain}/{job.folder}"] = results
+        seconds = time.perf_counter() - started
+        atomic.write_text(out / "compute.json", json.dumps({"command": command, "wall_seconds": round(seconds, 1),
+                                                            "runs": compute}, indent=2) + "\n")
+        atomic.write_text(out / "README.md", readme(out, compute, missing, command, seconds, args.tiny))
+        console.print(f"[green]written[/] {out}/README.md ({seconds / 60:.1f} min)")
+        guess = estimate(compute, evaluated, list(DOMAINS), list(ARCHS), list(METHODS), protocols)
+        console.print(
+            f"estimate of the full benchmark on this machine, from the step times measured here: pretraining "
+            f"{guess['pretraining_hours']:.1f} h wall ({guess['pretraining_cpu_hours']:.1f} h of CPU time of the "
+            f"training processes) for {len(DOMAINS) * len(ARCHS) * len(METHODS)} runs x "
+            f"{FULL_IMAGES // BATCH} steps, fine-tuning {guess['finetuning_hours']:.1f} h (linear probes, kNN, "
+            "ridge, test passes and start-up not included)", highlight=False, soft_wrap=True)
+        atomic.write_text(out / "estimate.json", json.dumps(guess, indent=2) + "\n")
+        return 0
+    except UserError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
