@@ -7,6 +7,10 @@ import os
 from rich.console import Console
 from rich.text import Text
 
+# every command that takes a generator takes these (generators/open.py: one vocabulary)
+GENERATOR_SOURCE_HELP = ("bundled, random:<preset>, a generator folder, an NVIDIA .pkl, a rosinality .pt, or "
+                         "hf-hub:org/name.")
+
 console = Console()
 err_console = Console(stderr=True)
 
