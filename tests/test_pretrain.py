@@ -144,6 +144,7 @@ def test_two_cpu_processes_with_torchrun(tmp_path):
                            "pretrain", str(recipe), "-o", str(tmp_path / "run")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done run:") == 1 and proc.stdout.count("timm:") == 1, proc.stdout  # rank 0 only
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["num_processes"] == 2 and info["status"] == "exported"
     cfg = json.loads((tmp_path / "run" / "export" / "config.json").read_text())

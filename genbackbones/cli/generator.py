@@ -16,9 +16,8 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
-from .common import console, print_copyable
+from .common import GENERATOR_SOURCE_HELP as SOURCE_HELP, console, print_copyable
 
-SOURCE_HELP = "bundled, random:<preset>, a generator folder, an NVIDIA .pkl, a rosinality .pt, or hf-hub:org/name."
 
 app = typer.Typer(no_args_is_help=True)
 # ----------------------------------------------------------------------------- convert

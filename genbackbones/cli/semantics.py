@@ -12,9 +12,8 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
-from .common import console, err_console, print_copyable
+from .common import GENERATOR_SOURCE_HELP as GENERATOR_HELP, console, err_console, print_copyable
 
-GENERATOR_HELP = "bundled, random:tiny32 / random:small64, a generator folder, an NVIDIA .pkl, or hf-hub:org/name."
 
 
 app = typer.Typer()

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
-from .common import console, err_console, print_copyable
+from .common import console, err_console, is_main_process, print_copyable
 
 app = typer.Typer()
 
@@ -60,6 +60,8 @@ def pretrain(
     from ..export import load_line
 
     run_dir = _run("pretrain", recipe, set_, resume, output, steps, not no_export, "quickstart")
+    if not is_main_process():
+        return
     print_copyable(f"done run: {run_dir}")
     if not no_export:
         print_copyable(f"timm: {load_line(run_dir / 'export')}")
@@ -77,6 +79,8 @@ def train_generator(
     from ..methods.stylegan2 import GENERATOR_DIR
 
     run_dir = _run("train-generator", recipe, set_, resume, output, steps, False, "generators/faces64")
+    if not is_main_process():
+        return
     print_copyable(f"done run: {run_dir}")
     print_copyable(f"generator: {run_dir / GENERATOR_DIR}  (use it with --set generator.source={run_dir / GENERATOR_DIR})")
 

@@ -1,7 +1,7 @@
 """Open any generator source: one function, one vocabulary, one handle type.
 
     bundled                 the small generator trained on the procedural faces, shipped in
-                            `genbackbones/assets/faces64` (see README)
+                            `genbackbones/assets/faces64` (docs/generators.md)
     random:<preset>         a seeded, randomly initialised StyleGAN2: a real generator function
                             (structured, multi-scale activations) but not a trained one; for smoke
                             tests and speed measurements, not for a backbone worth using
