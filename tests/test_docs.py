@@ -7,8 +7,9 @@ line). A block can be preceded by one directive, an HTML comment that renders as
 
     <!-- test: skip (reason) -->       not run: installs, hours-long benchmarks, a GPU, your own data
     <!-- test: error -->               every command must fail with one `error: ...` line and exit 2
-    <!-- test: tiny --set k=v ... -->  run with these options appended to every `genbackbones pretrain`
-                                       and `train-generator` command (the page says the real run is longer)
+    <!-- test: tiny --set k=v ... -->  run with these options appended to every `pretrain` and
+                                       `train-generator` command, `torchrun ... -m genbackbones` included
+                                       (the page says the real run is longer)
 
 Python blocks run each in a fresh interpreter; bash blocks line by line (`\\` continues a line, `#`
 starts a comment).
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"(?:<!--\s*test:\s*(?P<directive>.*?)\s*-->\s*\n)?```(?P<lang>bash|python)\n(?P<body>.*?)```",
                    re.S)
-TRAINING = ("genbackbones pretrain", "genbackbones train-generator")
+TRAINING_COMMAND = re.compile(r"(^|\s)(genbackbones|-m genbackbones) (pretrain|train-generator)\b")
 
 
 @dataclass
@@ -103,8 +104,8 @@ def test_block_runs_as_written(block, workdirs, env, tmp_path_factory):
         return
     extra = block.directive.removeprefix("tiny").strip() if block.directive.startswith("tiny") else ""
     for command in commands(block.body):
-        if extra and command.startswith(TRAINING):
-            command = f"{command} {extra}"
+        if extra and TRAINING_COMMAND.search(command):
+            command = f"{shlex.join(shlex.split(command, comments=True))} {extra}"  # a trailing comment would eat it
         proc = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=1200)
         where = f"{block.id}: {command}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"

@@ -41,7 +41,7 @@ def convert(
     meta = read_meta(folder)
     has_d = "with D" if meta["D_init_kwargs"] is not None else "no D"
     print_copyable(f"converted {src} ({meta['network']}, {has_d}) -> {folder}")
-    print_copyable(f"source sha256 {meta['source_sha256']}")
+    print_copyable(f"source sha256 {meta['source_sha256'] or '-'}")
     if not meta["license"]:
         console.print("[yellow]note:[/] no licence recorded; pass --license (NVIDIA's FFHQ/AFHQ/MetFaces models "
                       "are non-commercial)", soft_wrap=True)

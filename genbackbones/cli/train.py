@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import UserError
 from .common import console, err_console, is_main_process, print_copyable
@@ -104,7 +103,7 @@ def _length(train: dict) -> str:
         return f"{train['images_seen']} images"
     if train.get("flops") is not None:
         return f"{float(train['flops']):.3g} FLOPs"
-    return str(train.get("steps", "-"))
+    return f"{train['steps']} steps" if train.get("steps") is not None else "-"
 
 
 @app.command("recipes")
@@ -118,17 +117,17 @@ def recipes_cmd(as_json: bool = typer.Option(False, "--json", help="Print the li
     for path in list_recipes():
         data = read_yaml(path) or {}
         rows.append({"recipe": bundled_name(path), "method": str(data.get("method", "layermatch")),
-                     "backbone": str((data.get("backbone") or {}).get("arch", "-")),
-                     "generator": str((data.get("generator") or {}).get("source", "-")),
+                     "backbone": (data.get("backbone") or {}).get("arch"),
+                     "generator": (data.get("generator") or {}).get("source"),
                      "steps": _length((data.get("train") or {})),
                      "description": " ".join(str(data.get("description", "")).split())})
     if as_json:
         print_copyable(json.dumps(rows, indent=2))
         return
-    table = Table("recipe", "method", "backbone", "generator", "steps", "description")
-    table.columns[0].no_wrap = True  # a name is copied whole
-    for column in table.columns[1:]:
-        column.overflow = "fold"  # folded onto more lines, never cut
+    # one block per recipe (as `zoo`): a table squeezed into an 80-column terminal folded each description into
+    # hundreds of narrow lines; here nothing is cut and the name stands alone on its line, to be copied
     for row in rows:
-        table.add_row(*(str(row[k]) for k in ("recipe", "method", "backbone", "generator", "steps", "description")))
-    console.print(table, soft_wrap=False)
+        console.print(f"[bold]{row['recipe']}[/]", highlight=False, soft_wrap=True)
+        facts = [row["method"], row["backbone"], row["generator"] and f"generator {row['generator']}", row["steps"]]
+        print_copyable("  " + " · ".join(str(f) for f in facts if f))
+        print_copyable(f"  {row['description']}")
