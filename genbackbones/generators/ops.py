@@ -172,6 +172,16 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
+def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """[N, out] factors 1/sqrt(sum over in, kh, kw of (weight * style)^2 + eps) that demodulate a modulated conv.
+
+    The sum factorises: sum_i style[n, i]^2 * (sum_kh,kw weight[o, i]^2), one [N, in] x [in, out]
+    product. NVIDIA forms the [N, out, in, kh, kw] modulated weight and squares it; at 8x8 px
+    that cost about three times the convolution itself (measured, benchmarks/README.md).
+    """
+    return (styles.square() @ weight.square().sum(dim=[2, 3]).t() + eps).rsqrt()
+
+
 def modulated_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -188,10 +198,10 @@ def modulated_conv2d(
     batch = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     w = dcoefs = None
-    if demodulate or fused_modconv:
+    if fused_modconv:
         w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)
     if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+        dcoefs = demodulation_coefficients(weight, styles)
     if demodulate and fused_modconv:
         w = w * dcoefs.reshape(batch, -1, 1, 1, 1)
 
