@@ -388,7 +388,7 @@ class SynthesisNetwork(nn.Module):
                 for tap in step.taps:
                     taps[tap] = out
                 states.append(state)
-        return state["img"], taps, states
+        return state["img"].contiguous(), taps, states  # NCHW, whatever layout the layers computed in
 
     def _noise_for(self, batch: int, noise_mode: str, device) -> dict[str, torch.Tensor | None]:
         if noise_mode not in NOISE_MODES:
