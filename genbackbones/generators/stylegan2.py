@@ -32,6 +32,7 @@ from .ops import (
     bias_act,
     conv2d_resample,
     downsample2d,
+    epilogue,
     modulated_conv2d,
     normalize_2nd_moment,
     setup_filter,
@@ -87,7 +88,7 @@ class Conv2dLayer(nn.Module):
         x = conv2d_resample(x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down,
                             padding=self.padding, flip_weight=(self.up == 1))
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return epilogue(x, bias=b, act=self.activation, gain=self.act_gain * gain, clamp=clamp, fresh=True)
 
 
 class MappingNetwork(nn.Module):
@@ -167,11 +168,11 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w) if styles is None else styles
         if noise is ...:
             noise = self.make_noise(x.shape[0], noise_mode, x.device)
-        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter, flip_weight=(self.up == 1),
-                             fused_modconv=fused_modconv)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
+                                resample_filter=self.resample_filter, flip_weight=(self.up == 1),
+                                fused_modconv=fused_modconv, bias=self.bias.to(x.dtype), act=self.activation,
+                                gain=self.act_gain * gain, clamp=clamp)
 
 
 class ToRGBLayer(nn.Module):
@@ -186,8 +187,8 @@ class ToRGBLayer(nn.Module):
     def forward(self, x, w=None, fused_modconv=True, styles=None):
         """`styles` here is the affine output (the per-layer style code); weight_gain is applied inside."""
         styles = (self.affine(w) if styles is None else styles) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
-        return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+        return modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv,
+                                bias=self.bias.to(x.dtype), clamp=self.conv_clamp)
 
 
 # ----------------------------------------------------------------------------- synthesis
