@@ -306,6 +306,20 @@ def modulated_conv2d(
     out_ch, in_ch, kh, kw = weight.shape
     dcoefs = demodulation_coefficients(weight, styles).reshape(batch, -1, 1, 1) if demodulate else None
 
+    if kh == kw == 1 and up == 1 and padding == 0:
+        # a 1x1 modulated conv (ToRGB) is one batched matmul with per-sample weights: x is read once,
+        # no modulated copy of it is made, and the 3-channel output avoids oneDNN's slow narrow convs
+        w = weight.reshape(1, out_ch, in_ch) * styles.reshape(batch, 1, in_ch)
+        if demodulate:
+            w = w * dcoefs.reshape(batch, out_ch, 1)
+        n, _, h, wd = x.shape
+        if x.is_contiguous():  # either layout works; keep the one x comes in
+            y = torch.bmm(w, x.reshape(n, in_ch, h * wd)).reshape(n, out_ch, h, wd)
+        else:  # channels-last: [N, H*W, in] @ [N, in, out], viewed back as channels-last NCHW
+            y = torch.bmm(x.permute(0, 2, 3, 1).reshape(n, h * wd, in_ch), w.transpose(1, 2))
+            y = y.reshape(n, h, wd, out_ch).permute(0, 3, 1, 2)
+        return epilogue(y, None, noise, bias, act, gain, clamp, fresh=True)
+
     if not fused_modconv:
         x = preferred_layout(x) * styles.reshape(batch, -1, 1, 1)
         x = conv2d_resample(x, weight, f=resample_filter, up=up, padding=padding, flip_weight=flip_weight)
