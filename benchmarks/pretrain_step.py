@@ -3,15 +3,23 @@
 The floor is the sum of the parts a LayerMatch step cannot avoid, each timed
 alone on the same inputs: the generator's traced forward (no grad), the
 backbone+heads forward/backward on the match loss, and the reconstruction pass
-(resume from a substituted activation + backward into it). The ratio
-step / floor says how much the loop, the optimiser, standardisation and the
-glue cost on top. Also prints img/s and the peak RSS of the process.
+(resume from a substituted activation + backward into it, averaged over the
+matched taps; a step draws one). The ratio step / floor says how much the loop,
+the optimiser, standardisation and the glue cost on top. The four are timed in
+interleaved rounds (step, generator, backbone, reconstruction, step, ...), so a
+change in machine load hits all of them alike; medians over the rounds. Also
+prints img/s, the load average and the peak RSS of the process.
 
     python benchmarks/pretrain_step.py                      # quickstart recipe
     python benchmarks/pretrain_step.py --set backbone.arch=resnet18 --steps 30
 """
 
 from __future__ import annotations
+
+import os
+
+# before torch loads (see tests/conftest.py): spinning OpenMP threads are many times slower on a shared machine
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
@@ -28,25 +36,22 @@ import torch.nn.functional as F
 from genbackbones.backbones import backbone_mean_std, create_backbone
 from genbackbones.generators.sources import open_generator
 from genbackbones.methods.layermatch import LayerMatchModel, LayerMatchTask, choose_taps
-from genbackbones.pretrain import backbone_spec
+from genbackbones.pretrain import backbone_spec, make_optimizer
 from genbackbones.recipes import load_recipe
 from genbackbones.training import _train_step, cosine_schedule, make_accelerator, seed_step
 
 
-def timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?", default=None)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
-    parser.add_argument("--steps", type=int, default=20, help="timed repetitions of each measurement")
+    parser.add_argument("--steps", type=int, default=20, help="timed rounds (each times all four parts once)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -62,7 +67,7 @@ def main() -> None:
                             head_hidden=cfg.head_hidden, standardize=cfg.standardize, momentum=cfg.momentum)
     with tempfile.TemporaryDirectory() as tmp:
         accelerator = make_accelerator(recipe.train, Path(tmp))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr)
+        optimizer = make_optimizer(model, recipe)
         model, optimizer = accelerator.prepare(model, optimizer)
         scheduler = cosine_schedule(optimizer, recipe.train, 10**6)
         task = LayerMatchTask(model, G, optimizer, scheduler, cfg, recipe.train, recipe.seed, accelerator.device)
@@ -88,8 +93,7 @@ def main() -> None:
 
         def backbone_fwd_bwd():
             preds = core(trace.img)
-            loss = sum(F.mse_loss(preds[m.key], core.to_target(m.tap, trace.taps[m.tap])) for m in core.matches)
-            loss.backward()
+            torch.stack(list(core.match_losses(preds, trace.taps).values())).mean().backward()
 
         def reconstruction():
             # average over the matched taps: the step draws one at random
@@ -97,13 +101,22 @@ def main() -> None:
                 sub = trace.taps[m.tap].clone().requires_grad_(True)
                 F.mse_loss(G.resume(trace, m.tap, sub), trace.img).backward()
 
-        for fn in (full_step, generator_forward, backbone_fwd_bwd, reconstruction):
-            timed(fn, args.warmup)
-        step_t = statistics.median(timed(full_step, args.steps))
-        gen_t = statistics.median(timed(generator_forward, args.steps))
-        bb_t = statistics.median(timed(backbone_fwd_bwd, args.steps))
-        rec_t = statistics.median(timed(reconstruction, args.steps)) / len(core.matches)
-    floor = gen_t + bb_t + (rec_t if cfg.rec_weight > 0 else 0.0)
+        parts = {"step": full_step, "generator": generator_forward, "backbone": backbone_fwd_bwd,
+                 "reconstruction": reconstruction}
+        for fn in parts.values():
+            for _ in range(args.warmup):
+                fn()
+        load_start = os.getloadavg()
+        times: dict[str, list[float]] = {k: [] for k in parts}
+        for _ in range(args.steps):  # interleaved rounds
+            for k, fn in parts.items():
+                times[k].append(timed(fn))
+        times["reconstruction"] = [t / len(core.matches) for t in times["reconstruction"]]
+        step_t, gen_t, bb_t, rec_t = (statistics.median(times[k]) for k in parts)
+        use_rec = cfg.rec_weight > 0
+        round_ratios = [s / (g + b + (r if use_rec else 0.0))
+                        for s, g, b, r in zip(*(times[k] for k in parts))]
+    floor = gen_t + bb_t + (rec_t if use_rec else 0.0)
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -114,6 +127,9 @@ def main() -> None:
         "step_s": round(step_t, 4), "generator_forward_s": round(gen_t, 4),
         "backbone_fwd_bwd_s": round(bb_t, 4), "reconstruction_s": round(rec_t, 4),
         "floor_s": round(floor, 4), "ratio": round(step_t / floor, 3),
+        "ratio_median_of_rounds": round(statistics.median(round_ratios), 3), "rounds": args.steps,
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "img_per_s": round(n / step_t, 1), "peak_rss_gib": round(peak_rss_gib, 2),
     }
     for k, v in result.items():
