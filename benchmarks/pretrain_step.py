@@ -7,8 +7,9 @@ backbone+heads forward/backward on the match loss, and the reconstruction pass
 matched taps; a step draws one). The ratio step / floor says how much the loop,
 the optimiser, standardisation and the glue cost on top. The four are timed in
 interleaved rounds (step, generator, backbone, reconstruction, step, ...), so a
-change in machine load hits all of them alike; medians over the rounds. Also
-prints img/s, the load average and the peak RSS of the process.
+change in machine load hits all of them alike; means over the rounds, in wall
+time and in CPU time of the process (the steadier one when other jobs share the
+cores). Also prints img/s, the load average and the peak RSS of the process.
 
     python benchmarks/pretrain_step.py                      # quickstart recipe
     python benchmarks/pretrain_step.py --set backbone.arch=resnet18 --steps 30
@@ -41,10 +42,11 @@ from genbackbones.recipes import load_recipe
 from genbackbones.training import _train_step, cosine_schedule, make_accelerator, seed_step
 
 
-def timed(fn) -> float:
-    t = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the steadier figure."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def main() -> None:
@@ -107,16 +109,28 @@ def main() -> None:
             for _ in range(args.warmup):
                 fn()
         load_start = os.getloadavg()
-        times: dict[str, list[float]] = {k: [] for k in parts}
+        wall: dict[str, list[float]] = {k: [] for k in parts}
+        cpu: dict[str, list[float]] = {k: [] for k in parts}
         for _ in range(args.steps):  # interleaved rounds
             for k, fn in parts.items():
-                times[k].append(timed(fn))
-        times["reconstruction"] = [t / len(core.matches) for t in times["reconstruction"]]
-        step_t, gen_t, bb_t, rec_t = (statistics.median(times[k]) for k in parts)
+                w, c = timed(fn)
+                wall[k].append(w)
+                cpu[k].append(c)
+        for times in (wall, cpu):
+            times["reconstruction"] = [t / len(core.matches) for t in times["reconstruction"]]
         use_rec = cfg.rec_weight > 0
-        round_ratios = [s / (g + b + (r if use_rec else 0.0))
-                        for s, g, b, r in zip(*(times[k] for k in parts))]
-    floor = gen_t + bb_t + (rec_t if use_rec else 0.0)
+
+        def summary(times: dict[str, list[float]]) -> list[float]:
+            """Means over the rounds of step, generator, backbone, reconstruction, and their floor.
+
+            Means, not medians: a step's reconstruction starts from the tap it draws, so step
+            times are spread over the taps' costs and only their mean matches the floor's
+            tap-averaged reconstruction."""
+            mean = [statistics.fmean(times[k]) for k in parts]
+            return mean + [mean[1] + mean[2] + (mean[3] if use_rec else 0.0)]
+
+        step_t, gen_t, bb_t, rec_t, floor = summary(wall)
+        step_c, gen_c, bb_c, rec_c, floor_c = summary(cpu)
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -127,7 +141,9 @@ def main() -> None:
         "step_s": round(step_t, 4), "generator_forward_s": round(gen_t, 4),
         "backbone_fwd_bwd_s": round(bb_t, 4), "reconstruction_s": round(rec_t, 4),
         "floor_s": round(floor, 4), "ratio": round(step_t / floor, 3),
-        "ratio_median_of_rounds": round(statistics.median(round_ratios), 3), "rounds": args.steps,
+        "cpu_step_s": round(step_c, 4), "cpu_generator_s": round(gen_c, 4),
+        "cpu_backbone_s": round(bb_c, 4), "cpu_reconstruction_s": round(rec_c, 4),
+        "cpu_floor_s": round(floor_c, 4), "ratio_cpu": round(step_c / floor_c, 3), "rounds": args.steps,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "img_per_s": round(n / step_t, 1), "peak_rss_gib": round(peak_rss_gib, 2),

@@ -111,8 +111,7 @@ class RunningStandardizer(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)  # one pass over x, not two
         if self.count == 0:
             self.mean.copy_(mean)
             self.var.copy_(var)
