@@ -25,6 +25,7 @@ resolution, 512-d latents, 8 mapping layers).
     python benchmarks/generator_speed.py                                 # everything, ~30-40 min on 2 busy cores
     python benchmarks/generator_speed.py --sizes 64 --batches 8 --pairs 5 # one cell
     python benchmarks/generator_speed.py --before 76f3a30 --after HEAD~1  # two commits against each other
+    python benchmarks/generator_speed.py --before WORKTREE --compile     # what torch.compile adds
 
 `--after` defaults to the working tree. Writes a JSON file (`--json`) and prints a table.
 """
@@ -65,6 +66,11 @@ ARCHS = {
 }
 
 
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def load_version(rev: str, tmp: Path, label: str):
     """The `stylegan2` module of git revision `rev` ("WORKTREE" = the files on disk), as its own package."""
     if rev == "WORKTREE":
@@ -78,8 +84,9 @@ def load_version(rev: str, tmp: Path, label: str):
             src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:genbackbones/generators/{module}.py"],
                                  check=True, capture_output=True, text=True).stdout
         except (subprocess.CalledProcessError, FileNotFoundError) as err:
-            sys.exit(f"error: cannot read genbackbones/generators/{module}.py at {rev!r} from git ({err}); "
-                     "run from a git checkout of genbackbones and pass a revision it has")
+            why = (getattr(err, "stderr", None) or str(err)).strip()
+            fail(f"cannot read genbackbones/generators/{module}.py at {rev!r} from git ({why}); "
+                 "run from a git checkout of genbackbones and pass a revision it has")
         (pkg / f"{module}.py").write_text(src)
     sys.path.insert(0, str(tmp))
     return importlib.import_module(f"{name}.stylegan2")
@@ -103,21 +110,23 @@ def build(before, after, size: int, seed: int = 0):
     return nets
 
 
-def workloads(G, D, batch: int):
-    """name -> (callable, output for the outputs check); inputs fixed by seed so both versions see the same."""
+def workloads(G, D, batch: int, compile_forward: bool = False):
+    """name -> callable returning an output for the outputs check; inputs fixed by seed so both versions see
+    the same. `compile_forward`: the no-grad forwards of G and D go through torch.compile."""
     z = torch.randn([batch, G.z_dim], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         img = G(z, noise_mode="const")
         trace = G.trace(z, noise_mode="const", fused_modconv=False)
     target = 0.9 * trace.taps[RESUME_TAP]  # not the traced value itself, whose gradient would be exactly 0
+    G_fwd, D_fwd = (torch.compile(G), torch.compile(D)) if compile_forward else (G, D)
 
     def g_forward():
         with torch.no_grad():
-            return G(z, noise_mode="const")
+            return G_fwd(z, noise_mode="const")
 
     def g_forward_unfused():
         with torch.no_grad():
-            return G(z, noise_mode="const", fused_modconv=False)
+            return G_fwd(z, noise_mode="const", fused_modconv=False)
 
     def g_reconstruction():
         sub = target.clone().requires_grad_(True)
@@ -126,7 +135,7 @@ def workloads(G, D, batch: int):
 
     def d_forward():
         with torch.no_grad():
-            return D(img)
+            return D_fwd(img)
 
     return {"G forward": g_forward, "G forward unfused": g_forward_unfused,
             "G reconstruction": g_reconstruction, "D forward": d_forward}
@@ -153,13 +162,24 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated workload names (default: all four)")
     parser.add_argument("--pairs", type=int, default=None, help="timed pairs per cell (default: 15 at 64 px, 5 at 256 px)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the after-version's G and D forwards (the first call, which compiles, "
+                             "is reported and not timed); with --before WORKTREE this measures compiling alone")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    batches = [int(b) for b in args.batches.split(",")]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        fail(f"--sizes and --batches take comma-separated integers, got {args.sizes!r} and {args.batches!r}")
+    unknown_work = set(args.only.split(",")) - {"G forward", "G forward unfused", "G reconstruction", "D forward"} \
+        if args.only else set()
+    if unknown_work:
+        fail(f"--only: unknown workload(s) {sorted(unknown_work)}; choose from 'G forward', 'G forward unfused', "
+             "'G reconstruction', 'D forward'")
     unknown = [s for s in sizes if s not in ARCHS]
     if unknown or any(b < 1 for b in batches) or (args.pairs is not None and args.pairs < 1):
-        sys.exit(f"error: sizes must be among {sorted(ARCHS)}, batches and --pairs >= 1")
+        fail(f"--sizes must be among {sorted(ARCHS)}; --batches and --pairs must be >= 1")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,11 +191,14 @@ def main() -> None:
         for size in sizes:
             G_old, D_old, G_new, D_new = build(before, after, size)
             for batch in batches:
-                old_work, new_work = workloads(G_old, D_old, batch), workloads(G_new, D_new, batch)
+                old_work, new_work = workloads(G_old, D_old, batch), workloads(G_new, D_new, batch, args.compile)
                 names = args.only.split(",") if args.only else list(old_work)
                 for name in names:
                     old, new = old_work[name], new_work[name]
-                    out_old, out_new = old(), new()  # warm-up (oneDNN primitive creation) + outputs check
+                    out_old = old()  # warm-up (oneDNN primitive creation) + outputs check
+                    t = time.perf_counter()
+                    out_new = new()
+                    first_call_s = time.perf_counter() - t
                     diff = (out_old - out_new).abs().max().item()
                     scale = max(1.0, out_old.abs().max().item())
                     n = args.pairs or (15 if size <= 64 else 5)
@@ -187,14 +210,16 @@ def main() -> None:
                            "after_img_s": round(batch / statistics.median(t_new), 2),
                            "speedup": round(statistics.median(ratios), 3),
                            "speedup_min": round(min(ratios), 3), "speedup_max": round(max(ratios), 3),
-                           "pairs": n, "max_abs_diff": diff, "max_abs_diff_rel": diff / scale}
+                           "pairs": n, "max_abs_diff": diff, "max_abs_diff_rel": diff / scale,
+                           "after_first_call_s": round(first_call_s, 1)}
                     rows.append(row)
                     print(f"{size:>4} px  batch {batch:>3}  {name:<18} before {row['before_img_s']:>8.2f} img/s  "
                           f"after {row['after_img_s']:>8.2f} img/s  x{row['speedup']:.2f} "
-                          f"[{row['speedup_min']:.2f}-{row['speedup_max']:.2f}]  max|diff| {diff:.1e}", flush=True)
+                          f"[{row['speedup_min']:.2f}-{row['speedup_max']:.2f}]  max|diff| {diff:.1e}"
+                          + (f"  (first call, compiling: {first_call_s:.0f} s)" if args.compile else ""), flush=True)
             del G_old, D_old, G_new, D_new
     result = {
-        "before": args.before, "after": args.after, "threads": torch.get_num_threads(),
+        "before": args.before, "after": args.after, "compiled": args.compile, "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
         "torch": torch.__version__, "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
