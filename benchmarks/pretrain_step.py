@@ -13,6 +13,7 @@ cores). Also prints img/s, the load average and the peak RSS of the process.
 
     python benchmarks/pretrain_step.py                      # quickstart recipe
     python benchmarks/pretrain_step.py --set backbone.arch=resnet18 --steps 30
+    python benchmarks/pretrain_step.py --before 76f3a30       # + the same with the old generator code
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from genbackbones.backbones import backbone_mean_std, create_backbone
+from genbackbones.generators.base import freeze
 from genbackbones.generators.sources import open_generator
 from genbackbones.methods.layermatch import LayerMatchModel, LayerMatchTask, choose_taps
 from genbackbones.pretrain import backbone_spec, make_optimizer
@@ -56,6 +58,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed rounds (each times all four parts once)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--before", default=None, metavar="REV",
+                        help="also time the step and the floor with the StyleGAN2 code of this git revision "
+                             "(same weights, interleaved in the same rounds), e.g. 76f3a30")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -67,70 +72,102 @@ def main() -> None:
     cfg = recipe.layermatch
     model = LayerMatchModel(backbone, matches, backbone_mean_std(spec, backbone), head=cfg.head,
                             head_hidden=cfg.head_hidden, standardize=cfg.standardize, momentum=cfg.momentum)
+    generators = {"after": G}
+    if args.before:
+        from generator_speed import load_version  # benchmarks/ is on sys.path when this script runs
+
+        old = load_version(args.before, Path(tempfile.mkdtemp()), "before")
+        generators["before"] = freeze(old.Generator(**G.init_kwargs))
+        generators["before"].load_state_dict(G.state_dict())
+    use_rec = cfg.rec_weight > 0
     with tempfile.TemporaryDirectory() as tmp:
         accelerator = make_accelerator(recipe.train, Path(tmp))
         optimizer = make_optimizer(model, recipe)
         model, optimizer = accelerator.prepare(model, optimizer)
         scheduler = cosine_schedule(optimizer, recipe.train, 10**6)
-        task = LayerMatchTask(model, G, optimizer, scheduler, cfg, recipe.train, recipe.seed, accelerator.device)
-        task.noise_mode = recipe.generator.noise_mode
-        task.fused_modconv = fused = recipe.generator.fused_modconv
-        phases = task.phases()
         n = recipe.train.batch_size
-        step_counter = iter(range(10**9))
-
-        def full_step():
-            step = next(step_counter)
-            seed_step(recipe.seed, step, 0)
-            _train_step(accelerator, phases, step, recipe.train)
-
+        fused = recipe.generator.fused_modconv
+        noise_mode = recipe.generator.noise_mode
         z = G.sample_latents(n, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            trace = G.trace(z, noise_mode=recipe.generator.noise_mode, fused_modconv=fused)
         core = model
 
-        def generator_forward():
+        def generator_parts(gen) -> dict:
+            """The step with generator `gen`, and the two floor parts that depend on the generator."""
+            task = LayerMatchTask(model, gen, optimizer, scheduler, cfg, recipe.train, recipe.seed,
+                                  accelerator.device)
+            task.noise_mode, task.fused_modconv = noise_mode, fused
+            phases = task.phases()
+            step_counter = iter(range(10**9))  # each version draws the same latents and taps, step by step
             with torch.no_grad():
-                G.trace(z, noise_mode=recipe.generator.noise_mode, fused_modconv=fused)
+                trace = gen.trace(z, noise_mode=noise_mode, fused_modconv=fused)
+
+            def full_step():
+                step = next(step_counter)
+                seed_step(recipe.seed, step, 0)
+                _train_step(accelerator, phases, step, recipe.train)
+
+            def generator_forward():
+                with torch.no_grad():
+                    gen.trace(z, noise_mode=noise_mode, fused_modconv=fused)
+
+            def reconstruction():
+                # average over the matched taps: the step draws one at random
+                for m in core.matches:
+                    sub = trace.taps[m.tap].clone().requires_grad_(True)
+                    F.mse_loss(gen.resume(trace, m.tap, sub), trace.img).backward()
+
+            return {"step": full_step, "generator": generator_forward, "reconstruction": reconstruction}, trace
+
+        parts, trace = {}, None
+        for label, gen in generators.items():
+            gen_parts, gen_trace = generator_parts(gen)
+            parts.update({(label, k): fn for k, fn in gen_parts.items()})
+            if label == "after":
+                trace = gen_trace  # for the backbone part
 
         def backbone_fwd_bwd():
             preds = core(trace.img)
             torch.stack(list(core.match_losses(preds, trace.taps).values())).mean().backward()
 
-        def reconstruction():
-            # average over the matched taps: the step draws one at random
-            for m in core.matches:
-                sub = trace.taps[m.tap].clone().requires_grad_(True)
-                F.mse_loss(G.resume(trace, m.tap, sub), trace.img).backward()
-
-        parts = {"step": full_step, "generator": generator_forward, "backbone": backbone_fwd_bwd,
-                 "reconstruction": reconstruction}
+        parts[("both", "backbone")] = backbone_fwd_bwd
         for fn in parts.values():
             for _ in range(args.warmup):
                 fn()
         load_start = os.getloadavg()
-        wall: dict[str, list[float]] = {k: [] for k in parts}
-        cpu: dict[str, list[float]] = {k: [] for k in parts}
+        wall: dict[tuple, list[float]] = {k: [] for k in parts}
+        cpu: dict[tuple, list[float]] = {k: [] for k in parts}
         for _ in range(args.steps):  # interleaved rounds
             for k, fn in parts.items():
                 w, c = timed(fn)
                 wall[k].append(w)
                 cpu[k].append(c)
         for times in (wall, cpu):
-            times["reconstruction"] = [t / len(core.matches) for t in times["reconstruction"]]
-        use_rec = cfg.rec_weight > 0
+            for label in generators:
+                times[(label, "reconstruction")] = [t / len(core.matches) for t in times[(label, "reconstruction")]]
 
-        def summary(times: dict[str, list[float]]) -> list[float]:
+        def summary(times: dict[tuple, list[float]], label: str) -> list[float]:
             """Means over the rounds of step, generator, backbone, reconstruction, and their floor.
 
             Means, not medians: a step's reconstruction starts from the tap it draws, so step
             times are spread over the taps' costs and only their mean matches the floor's
             tap-averaged reconstruction."""
-            mean = [statistics.fmean(times[k]) for k in parts]
+            keys = [(label, "step"), (label, "generator"), ("both", "backbone"), (label, "reconstruction")]
+            mean = [statistics.fmean(times[k]) for k in keys]
             return mean + [mean[1] + mean[2] + (mean[3] if use_rec else 0.0)]
 
-        step_t, gen_t, bb_t, rec_t, floor = summary(wall)
-        step_c, gen_c, bb_c, rec_c, floor_c = summary(cpu)
+        step_t, gen_t, bb_t, rec_t, floor = summary(wall, "after")
+        step_c, gen_c, bb_c, rec_c, floor_c = summary(cpu, "after")
+        before = {}
+        if args.before:
+            b_step, b_gen, _, b_rec, b_floor = summary(wall, "before")
+            bc_step, bc_gen, _, bc_rec, bc_floor = summary(cpu, "before")
+            before = {"before": args.before, "before_step_s": round(b_step, 4),
+                      "before_generator_forward_s": round(b_gen, 4), "before_reconstruction_s": round(b_rec, 4),
+                      "before_floor_s": round(b_floor, 4), "before_ratio": round(b_step / b_floor, 3),
+                      "floor_speedup": round(b_floor / floor, 3), "step_speedup": round(b_step / step_t, 3),
+                      "cpu_floor_speedup": round(bc_floor / floor_c, 3),
+                      "cpu_step_speedup": round(bc_step / step_c, 3), "before_ratio_cpu": round(bc_step / bc_floor, 3),
+                      "before_img_per_s": round(n / b_step, 1)}
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -146,10 +183,10 @@ def main() -> None:
         "cpu_floor_s": round(floor_c, 4), "ratio_cpu": round(step_c / floor_c, 3), "rounds": args.steps,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        "img_per_s": round(n / step_t, 1), "peak_rss_gib": round(peak_rss_gib, 2),
+        "img_per_s": round(n / step_t, 1), "peak_rss_gib": round(peak_rss_gib, 2), **before,
     }
     for k, v in result.items():
-        print(f"{k:>22}: {v}")
+        print(f"{k:>26}: {v}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
