@@ -121,7 +121,7 @@ def preferred_layout(x: torch.Tensor) -> torch.Tensor:
 
     oneDNN, PyTorch's CPU convolution library, works in NHWC; given NCHW tensors it reorders
     them on the way in and out. Measured on the project's 2-core CPU (benchmarks/README.md):
-    3x3 conv 1.3x, stride-2 transposed conv 3.5x, depthwise 4x4 FIR 3x faster in NHWC. Other
+    3x3 conv 1.3x, stride-2 transposed conv 2.2x, depthwise 4x4 FIR 2.6x faster in NHWC. Other
     devices keep the caller's layout (unmeasured there). Values are unchanged, only strides.
     """
     if x.device.type == "cpu" and x.ndim == 4:

@@ -404,7 +404,8 @@ class SynthesisNetwork(nn.Module):
 
     def _default_fused(self, fused_modconv: bool | None, device: torch.device) -> bool:
         """None picks the faster form: on CPU the unfused channels-last conv, which measured faster than
-        the grouped (fused) one at every shape and batch tried (1-32 images, 4-256 px; benchmarks/README.md);
+        the grouped (fused) one at every shape and batch tried (single layers at 8-256 px with 1-16 images, whole
+        networks at 64 and 256 px with 8 and 32; benchmarks/README.md);
         elsewhere NVIDIA's default (fused in eval mode). True/False are obeyed. Both compute the same
         function; they differ by float rounding."""
         if fused_modconv is not None:
