@@ -3,15 +3,25 @@
 The floor is the sum of the parts a LayerMatch step cannot avoid, each timed
 alone on the same inputs: the generator's traced forward (no grad), the
 backbone+heads forward/backward on the match loss, and the reconstruction pass
-(resume from a substituted activation + backward into it). The ratio
-step / floor says how much the loop, the optimiser, standardisation and the
-glue cost on top. Also prints img/s and the peak RSS of the process.
+(resume from a substituted activation + backward into it, averaged over the
+matched taps; a step draws one). The ratio step / floor says how much the loop,
+the optimiser, standardisation and the glue cost on top. The four are timed in
+interleaved rounds (step, generator, backbone, reconstruction, step, ...), so a
+change in machine load hits all of them alike; means over the rounds, in wall
+time and in CPU time of the process (the steadier one when other jobs share the
+cores). Also prints img/s, the load average and the peak RSS of the process.
 
     python benchmarks/pretrain_step.py                      # quickstart recipe
     python benchmarks/pretrain_step.py --set backbone.arch=resnet18 --steps 30
+    python benchmarks/pretrain_step.py --before 76f3a30       # + the same with the old generator code
 """
 
 from __future__ import annotations
+
+import os
+
+# before torch loads (see tests/conftest.py): spinning OpenMP threads are many times slower on a shared machine
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
@@ -26,85 +36,147 @@ import torch
 import torch.nn.functional as F
 
 from genbackbones.engine.loop import _train_step, make_accelerator, seed_step
-from genbackbones.methods.layermatch import METHOD
+from genbackbones.generators.base import freeze
+from genbackbones.methods.layermatch import METHOD, LayerMatchTask
 from genbackbones.recipes import load_recipe
 
 
-def timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the steadier figure."""
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?", default=None)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
-    parser.add_argument("--steps", type=int, default=20, help="timed repetitions of each measurement")
+    parser.add_argument("--steps", type=int, default=20, help="timed rounds (each times all four parts once)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--before", default=None, metavar="REV",
+                        help="also time the step and the floor with the StyleGAN2 code of this git revision "
+                             "(same weights, interleaved in the same rounds), e.g. 76f3a30")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe, args.overrides + ["train.steps=1000000", "train.log_with=none"])
     prepared = METHOD.prepare(recipe, num_processes=1)  # what `genbackbones pretrain` builds, nothing written
-    G = prepared.handle.G
+    handle, cfg = prepared.handle, recipe.method_cfg
+    G = handle.G
+    generators = {"after": G}
+    if args.before:
+        from generator_speed import load_version  # benchmarks/ is on sys.path when this script runs
+
+        old = load_version(args.before, Path(tempfile.mkdtemp()), "before")
+        generators["before"] = freeze(old.Generator(**G.init_kwargs))
+        generators["before"].load_state_dict(G.state_dict())
+    use_rec = cfg.rec_weight > 0
     with tempfile.TemporaryDirectory() as tmp:
         accelerator = make_accelerator(recipe.train, Path(tmp))
-        task = METHOD.build(prepared, recipe, accelerator)
-        model, optimizer, fused = task.model, task.optimizer, task.fused_modconv
-        phases = task.phases()
+        built = METHOD.build(prepared, recipe, accelerator)  # the model, optimiser and schedule a run uses
+        model, optimizer, scheduler = built.model, built.optimizer, built.scheduler
         n = recipe.train.batch_size
-        step_counter = iter(range(10**9))
-
-        def full_step():
-            step = next(step_counter)
-            seed_step(recipe.seed, step, 0)
-            _train_step(accelerator, phases, step, recipe.train)
-
+        fused = recipe.generator.fused_modconv
+        noise_mode = recipe.generator.noise_mode
         z = G.sample_latents(n, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            trace = G.trace(z, noise_mode=recipe.generator.noise_mode, fused_modconv=fused)
         core = model
 
-        def generator_forward():
+        def generator_parts(gen) -> dict:
+            """The step with generator `gen`, and the two floor parts that depend on the generator."""
+            task = LayerMatchTask(model, gen, optimizer, scheduler, cfg, recipe.train, recipe.seed,
+                                  accelerator.device, noise_mode=noise_mode, fused_modconv=fused)
+            phases = task.phases()
+            step_counter = iter(range(10**9))  # each version draws the same latents and taps, step by step
             with torch.no_grad():
-                G.trace(z, noise_mode=recipe.generator.noise_mode, fused_modconv=fused)
+                trace = gen.trace(z, noise_mode=noise_mode, fused_modconv=fused)
+
+            def full_step():
+                step = next(step_counter)
+                seed_step(recipe.seed, step, 0)
+                _train_step(accelerator, phases, step, recipe.train)
+
+            def generator_forward():
+                with torch.no_grad():
+                    gen.trace(z, noise_mode=noise_mode, fused_modconv=fused)
+
+            def reconstruction():
+                # average over the matched taps: the step draws one at random
+                for m in core.matches:
+                    sub = trace.taps[m.tap].clone().requires_grad_(True)
+                    F.mse_loss(gen.resume(trace, m.tap, sub), trace.img).backward()
+
+            return {"step": full_step, "generator": generator_forward, "reconstruction": reconstruction}, trace
+
+        parts, trace = {}, None
+        for label, gen in generators.items():
+            gen_parts, gen_trace = generator_parts(gen)
+            parts.update({(label, k): fn for k, fn in gen_parts.items()})
+            if label == "after":
+                trace = gen_trace  # for the backbone part
 
         def backbone_fwd_bwd():
             preds = core(trace.img)
-            loss = sum(F.mse_loss(preds[m.key], core.to_target(m.tap, trace.taps[m.tap])) for m in core.matches)
-            loss.backward()
+            torch.stack(list(core.match_losses(preds, trace.taps).values())).mean().backward()
 
-        def reconstruction():
-            # average over the matched taps: the step draws one at random
-            for m in core.matches:
-                sub = trace.taps[m.tap].clone().requires_grad_(True)
-                F.mse_loss(G.resume(trace, m.tap, sub), trace.img).backward()
+        parts[("both", "backbone")] = backbone_fwd_bwd
+        for fn in parts.values():
+            for _ in range(args.warmup):
+                fn()
+        load_start = os.getloadavg()
+        wall: dict[tuple, list[float]] = {k: [] for k in parts}
+        cpu: dict[tuple, list[float]] = {k: [] for k in parts}
+        for _ in range(args.steps):  # interleaved rounds
+            for k, fn in parts.items():
+                w, c = timed(fn)
+                wall[k].append(w)
+                cpu[k].append(c)
+        for times in (wall, cpu):
+            for label in generators:
+                times[(label, "reconstruction")] = [t / len(core.matches) for t in times[(label, "reconstruction")]]
 
-        for fn in (full_step, generator_forward, backbone_fwd_bwd, reconstruction):
-            timed(fn, args.warmup)
-        step_t = statistics.median(timed(full_step, args.steps))
-        gen_t = statistics.median(timed(generator_forward, args.steps))
-        bb_t = statistics.median(timed(backbone_fwd_bwd, args.steps))
-        rec_t = statistics.median(timed(reconstruction, args.steps)) / len(core.matches)
-    floor = gen_t + bb_t + (rec_t if recipe.method_cfg.rec_weight > 0 else 0.0)
+        def summary(times: dict[tuple, list[float]], label: str) -> list[float]:
+            """Means over the rounds of step, generator, backbone, reconstruction, and their floor.
+
+            Means, not medians: a step's reconstruction starts from the tap it draws, so step
+            times are spread over the taps' costs and only their mean matches the floor's
+            tap-averaged reconstruction."""
+            keys = [(label, "step"), (label, "generator"), ("both", "backbone"), (label, "reconstruction")]
+            mean = [statistics.fmean(times[k]) for k in keys]
+            return mean + [mean[1] + mean[2] + (mean[3] if use_rec else 0.0)]
+
+        step_t, gen_t, bb_t, rec_t, floor = summary(wall, "after")
+        step_c, gen_c, bb_c, rec_c, floor_c = summary(cpu, "after")
+        before = {}
+        if args.before:
+            b_step, b_gen, _, b_rec, b_floor = summary(wall, "before")
+            bc_step, bc_gen, _, bc_rec, bc_floor = summary(cpu, "before")
+            before = {"before": args.before, "before_step_s": round(b_step, 4),
+                      "before_generator_forward_s": round(b_gen, 4), "before_reconstruction_s": round(b_rec, 4),
+                      "before_floor_s": round(b_floor, 4), "before_ratio": round(b_step / b_floor, 3),
+                      "floor_speedup": round(b_floor / floor, 3), "step_speedup": round(b_step / step_t, 3),
+                      "cpu_floor_speedup": round(bc_floor / floor_c, 3),
+                      "cpu_step_speedup": round(bc_step / step_c, 3), "before_ratio_cpu": round(bc_step / bc_floor, 3),
+                      "before_img_per_s": round(n / b_step, 1)}
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch_threads": torch.get_num_threads(),
-        "recipe": recipe.name, "backbone": recipe.backbone.arch, "generator": prepared.handle.meta.get("source"),
+        "recipe": recipe.name, "backbone": recipe.backbone.arch, "generator": handle.meta.get("source"),
         "fused_modconv": fused,
         "resolution": G.img_resolution, "batch": n, "matches": len(core.matches),
         "step_s": round(step_t, 4), "generator_forward_s": round(gen_t, 4),
         "backbone_fwd_bwd_s": round(bb_t, 4), "reconstruction_s": round(rec_t, 4),
         "floor_s": round(floor, 4), "ratio": round(step_t / floor, 3),
-        "img_per_s": round(n / step_t, 1), "peak_rss_gib": round(peak_rss_gib, 2),
+        "cpu_step_s": round(step_c, 4), "cpu_generator_s": round(gen_c, 4),
+        "cpu_backbone_s": round(bb_c, 4), "cpu_reconstruction_s": round(rec_c, 4),
+        "cpu_floor_s": round(floor_c, 4), "ratio_cpu": round(step_c / floor_c, 3), "rounds": args.steps,
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "img_per_s": round(n / step_t, 1), "peak_rss_gib": round(peak_rss_gib, 2), **before,
     }
     for k, v in result.items():
-        print(f"{k:>22}: {v}")
+        print(f"{k:>26}: {v}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

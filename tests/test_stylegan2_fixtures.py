@@ -46,6 +46,8 @@ def test_images_every_noise_mode_and_fusing(nets):
     assert_close_to_reference("img_psi1_noise_none", G(z, c, noise_mode="none"), e["img_psi1_noise_none"])
     assert_close_to_reference("img_psi1_unfused", G(z, c, noise_mode="const", fused_modconv=False),
                               e["img_psi1_unfused"])
+    # the default picks a form per device (unfused on CPU); the grouped one must stay right when asked for
+    assert_close_to_reference("img_psi1 fused", G(z, c, noise_mode="const", fused_modconv=True), e["img_psi1"])
     assert_close_to_reference("G_img_psi1", nets["G"](z, c, noise_mode="const"), e["G_img_psi1"])
 
 

@@ -176,6 +176,18 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, cfg: TrainCfg, total_steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def adamw(parameters, cfg: TrainCfg) -> torch.optim.AdamW:
+    """AdamW with the `train:` settings, in torch's fused form (one kernel for all tensors) when it can be.
+
+    The default form loops over every parameter tensor with a handful of ops each: 7.7 ms a step on CPU for
+    the ~230 tensors of an HRNet against 2.2 ms fused (hrnet_w18_small, measured), 1-2 % of a quickstart step.
+    """
+    params = [p for p in parameters if p.requires_grad]
+    fused = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                             fused=fused or None)
+
+
 def seed_step(seed: int, step: int, process_index: int) -> None:
     """Re-seed every RNG from (seed, step, process): resume needs no RNG state.
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..backbones import (InputNormalizer, backbone_mean_std, check_resolution, create_backbone, feature_shapes,
                          is_hrnet)
-from ..engine.loop import Phase, cosine_schedule
+from ..engine.loop import Phase, adamw, cosine_schedule
 from ..errors import UserError, require
 from ..generators.base import FrozenGenerator, GeneratorHandle
 from ..generators.open import open_generator
@@ -117,8 +117,11 @@ class RunningStandardizer(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
+        # two plain passes: torch.var_mean's one-pass (Welford) kernel took 4.0 ms a step on the quickstart's
+        # three targets, this 0.5 ms (measured), and it is as exact (no E[x^2] - E[x]^2 cancellation)
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = (x - mean).square_().mean(dim=(0, 2, 3))
+        mean = mean.flatten()
         if self.count == 0:
             self.mean.copy_(mean)
             self.var.copy_(var)
@@ -181,6 +184,21 @@ class LayerMatchModel(nn.Module):
     def to_target(self, tap: str, act: torch.Tensor) -> torch.Tensor:
         return self.standardizers[_tap_key(tap)].normalize(act) if self.standardize else act
 
+    def match_losses(self, preds: dict[str, torch.Tensor], taps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MSE of each prediction against its (standardised) target activation, keyed by `TapMatch.key`.
+
+        The target is laid out in memory like the prediction: the generator computes in
+        channels-last on CPU, most backbones in NCHW, and a mixed-layout loss made the heads'
+        and backbone's backward 1.26x slower (measured, quickstart)."""
+        out = {}
+        for m in self.matches:
+            pred = preds[m.key].float()
+            target = self.to_target(m.tap, taps[m.tap])
+            layout = torch.channels_last if not pred.is_contiguous() and pred.is_contiguous(
+                memory_format=torch.channels_last) else torch.contiguous_format
+            out[m.key] = F.mse_loss(pred, target.contiguous(memory_format=layout))
+        return out
+
     def update_statistics(self, taps: dict[str, torch.Tensor]) -> None:
         if self.standardize:
             for tap in {m.tap for m in self.matches}:
@@ -208,8 +226,7 @@ def layermatch_loss(model: LayerMatchModel, generator: FrozenGenerator, z: torch
     if update_statistics and core.training:
         core.update_statistics(trace.taps)
     preds = model(trace.img)
-    per_tap = {m.key: F.mse_loss(preds[m.key].float(), core.to_target(m.tap, trace.taps[m.tap]))
-               for m in core.matches}
+    per_tap = core.match_losses(preds, trace.taps)
     match = torch.stack(list(per_tap.values())).mean()
     rec_match = core.matches[rec_tap_index]
     rec_tap = rec_match.tap
@@ -342,8 +359,7 @@ class LayerMatch(Method):
         cfg, train = recipe.method_cfg, recipe.train
         model = LayerMatchModel(prepared.backbone, prepared.matches, prepared.mean_std, head=cfg.head,
                                 head_hidden=cfg.head_hidden, standardize=cfg.standardize, momentum=cfg.momentum)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=tuple(train.betas),
-                                      weight_decay=train.weight_decay)
+        optimizer = adamw(model.parameters(), train)
         model, optimizer = accelerator.prepare(model, optimizer)
         scheduler = cosine_schedule(optimizer, train, train.steps)
         G = prepared.handle.G.to(accelerator.device)

@@ -68,7 +68,7 @@ except ImportError as err:  # an older lightly without one of these names
 
 from ..backbones import backbone_mean_std, check_resolution, create_backbone, is_hrnet
 from ..data.images import GENERATOR_SOURCE, ImageSource, epoch_indices, open_images
-from ..engine.loop import Phase, cosine_schedule
+from ..engine.loop import Phase, adamw, cosine_schedule
 from ..generators.base import GeneratorHandle
 from ..generators.open import open_generator
 from ..generators.sampling import nvidia_uint8
@@ -432,8 +432,7 @@ class SSL(Method):
     def build(self, prepared: SSLInputs, recipe, accelerator) -> SSLTask:
         cfg, train, device = recipe.method_cfg, recipe.train, accelerator.device
         model = SSLModel(prepared.backbone, prepared.levels, cfg, distributed=accelerator.num_processes > 1)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
-                                      betas=tuple(train.betas), weight_decay=train.weight_decay)
+        optimizer = adamw(model.parameters(), train)
         model, optimizer = accelerator.prepare(model, optimizer)
         scheduler = cosine_schedule(optimizer, train, train.steps)
         if prepared.handle is not None:
