@@ -19,7 +19,7 @@ from genbackbones.generators.ops import (
     setup_filter,
     upfirdn2d,
 )
-from genbackbones.generators.sources import RANDOM_PRESETS
+from genbackbones.generators.open import RANDOM_PRESETS
 from genbackbones.generators.stylegan2 import Conv2dLayer, Generator, SynthesisLayer
 
 CL = torch.channels_last
