@@ -42,9 +42,15 @@ from genbackbones.recipes import load_recipe
 
 
 def timed(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the steadier figure."""
+    """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the steadier figure.
+
+    On a GPU the work is asynchronous: the device is synchronised before and after, so the wall time is the
+    kernels' time too."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     t, c = time.perf_counter(), time.process_time()
     fn()
+    sync()
     return time.perf_counter() - t, time.process_time() - c
 
 
@@ -59,16 +65,25 @@ def main() -> None:
                         help="also time the step and the floor with the StyleGAN2 code of this git revision "
                              "(same weights, interleaved in the same rounds), e.g. 76f3a30")
     args = parser.parse_args()
+    result = measure(args.recipe, args.overrides, args.steps, args.warmup, args.before)
+    for k, v in result.items():
+        print(f"{k:>26}: {v}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
-    recipe = load_recipe(args.recipe, args.overrides + ["train.steps=1000000", "train.log_with=none"])
+
+def measure(recipe_name: str | None, overrides: list[str], steps: int = 20, warmup: int = 3,
+            before_rev: str | None = None) -> dict:
+    """Step and floor of a LayerMatch recipe, as a dict (also used by gpu_throughput.py)."""
+    recipe = load_recipe(recipe_name, overrides + ["train.steps=1000000", "train.log_with=none"])
     prepared = METHOD.prepare(recipe, num_processes=1)  # what `genbackbones pretrain` builds, nothing written
     handle, cfg = prepared.handle, recipe.method_cfg
     G = handle.G
     generators = {"after": G}
-    if args.before:
+    if before_rev:
         from generator_speed import load_version  # benchmarks/ is on sys.path when this script runs
 
-        old = load_version(args.before, Path(tempfile.mkdtemp()), "before")
+        old = load_version(before_rev, Path(tempfile.mkdtemp()), "before")
         generators["before"] = freeze(old.Generator(**G.init_kwargs))
         generators["before"].load_state_dict(G.state_dict())
     use_rec = cfg.rec_weight > 0
@@ -96,15 +111,17 @@ def main() -> None:
                 seed_step(recipe.seed, step, 0)
                 _train_step(accelerator, phases, step, recipe.train)
 
-            def generator_forward():
-                with torch.no_grad():
+            def generator_forward():  # under the step's autocast, as in a training step (bf16 on a GPU)
+                with torch.no_grad(), accelerator.autocast():
                     gen.trace(z, noise_mode=noise_mode, fused_modconv=fused)
 
             def reconstruction():
                 # average over the matched taps: the step draws one at random
                 for m in core.matches:
                     sub = trace.taps[m.tap].clone().requires_grad_(True)
-                    F.mse_loss(gen.resume(trace, m.tap, sub), trace.img).backward()
+                    with accelerator.autocast():
+                        loss = F.mse_loss(gen.resume(trace, m.tap, sub), trace.img)
+                    loss.backward()
 
             return {"step": full_step, "generator": generator_forward, "reconstruction": reconstruction}, trace
 
@@ -116,17 +133,18 @@ def main() -> None:
                 trace = gen_trace  # for the backbone part
 
         def backbone_fwd_bwd():
-            preds = core(trace.img)
-            torch.stack(list(core.match_losses(preds, trace.taps).values())).mean().backward()
+            with accelerator.autocast():
+                loss = torch.stack(list(core.match_losses(core(trace.img), trace.taps).values())).mean()
+            loss.backward()
 
         parts[("both", "backbone")] = backbone_fwd_bwd
         for fn in parts.values():
-            for _ in range(args.warmup):
+            for _ in range(warmup):
                 fn()
         load_start = os.getloadavg()
         wall: dict[tuple, list[float]] = {k: [] for k in parts}
         cpu: dict[tuple, list[float]] = {k: [] for k in parts}
-        for _ in range(args.steps):  # interleaved rounds
+        for _ in range(steps):  # interleaved rounds
             for k, fn in parts.items():
                 w, c = timed(fn)
                 wall[k].append(w)
@@ -148,10 +166,10 @@ def main() -> None:
         step_t, gen_t, bb_t, rec_t, floor = summary(wall, "after")
         step_c, gen_c, bb_c, rec_c, floor_c = summary(cpu, "after")
         before = {}
-        if args.before:
+        if before_rev:
             b_step, b_gen, _, b_rec, b_floor = summary(wall, "before")
             bc_step, bc_gen, _, bc_rec, bc_floor = summary(cpu, "before")
-            before = {"before": args.before, "before_step_s": round(b_step, 4),
+            before = {"before": before_rev, "before_step_s": round(b_step, 4),
                       "before_generator_forward_s": round(b_gen, 4), "before_reconstruction_s": round(b_rec, 4),
                       "before_floor_s": round(b_floor, 4), "before_ratio": round(b_step / b_floor, 3),
                       "floor_speedup": round(b_floor / floor, 3), "step_speedup": round(b_step / step_t, 3),
@@ -170,15 +188,15 @@ def main() -> None:
         "floor_s": round(floor, 4), "ratio": round(step_t / floor, 3),
         "cpu_step_s": round(step_c, 4), "cpu_generator_s": round(gen_c, 4),
         "cpu_backbone_s": round(bb_c, 4), "cpu_reconstruction_s": round(rec_c, 4),
-        "cpu_floor_s": round(floor_c, 4), "ratio_cpu": round(step_c / floor_c, 3), "rounds": args.steps,
+        "cpu_floor_s": round(floor_c, 4), "ratio_cpu": round(step_c / floor_c, 3), "rounds": steps,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "img_per_s": round(n / step_t, 1), "peak_rss_gib": round(peak_rss_gib, 2), **before,
     }
-    for k, v in result.items():
-        print(f"{k:>26}: {v}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if torch.cuda.is_available():
+        result["device"] = torch.cuda.get_device_name()
+        result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return result
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ class TrainCfg:
     log_every: int = 10
     log_with: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"  # Accelerate trackers
     num_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
+    compile: bool = False  # torch.compile the trained model (Accelerate's dynamo plugin); the frozen generator not
+    channels_last: bool = False  # trained modules in NHWC memory format (faster convolutions on recent GPUs)
 
     def __post_init__(self) -> None:
         if self.steps is None and self.images_seen is None and self.flops is None:
@@ -288,7 +290,8 @@ def make_accelerator(cfg: TrainCfg, run_dir: Path, find_unused_parameters: bool 
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
     # cpu=True on CPU-only machines: it is what makes accelerate honour torchrun/MULTI_CPU (gloo) there
     return Accelerator(mixed_precision=cfg.mixed_precision, log_with=trackers(cfg) or None,
-                       project_dir=str(run_dir), cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
+                       project_dir=str(run_dir), cpu=not torch.cuda.is_available(), kwargs_handlers=handlers,
+                       dynamo_backend="inductor" if cfg.compile else None)
 
 
 def tracker_config(recipe_dict: dict, prefix: str = "") -> dict[str, int | float | str | bool]:

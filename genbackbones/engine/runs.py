@@ -76,6 +76,10 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
     cost = measure_step_cost(method, prepared, recipe, accelerator)
     budget = resolve_budget(recipe.train, cost) or previous.get("budget")
     task = method.build(prepared, recipe, accelerator)
+    if recipe.train.channels_last:  # in place: the optimisers keep their parameters
+        for module in task.state_objects().values():
+            if isinstance(module, torch.nn.Module):
+                module.to(memory_format=torch.channels_last)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
