@@ -165,12 +165,15 @@ def test_trackers_get_the_recipe_the_learning_rate_and_the_samples(runs):
     assert all("lr" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
 
 
-def test_log_with_none_and_a_missing_tracker(tmp_path):
+def test_log_with_none_channels_last_and_a_missing_tracker(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RESNET)
-    proc = cli("pretrain", str(recipe), "--set", "train.log_with=none", "--no-export", "-o", "run", cwd=tmp_path)
+    proc = cli("pretrain", str(recipe), "--set", "train.log_with=none", "--set", "train.channels_last=true",
+               "-o", "run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not list((tmp_path / "run").rglob("events.out.tfevents*"))
+    save_trained_features(tmp_path / "run", tmp_path / "expected.pt")  # NHWC training exports like any other
+    run_as_typed(f"model = {timm_line(proc.stdout)}", tmp_path / "expected.pt")
     try:
         import wandb  # noqa: F401
     except ImportError:

@@ -37,7 +37,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def _unwrap(obj):
     """A module as it was built (DDP / compiled wrappers removed); other objects unchanged."""
-    return extract_model_from_parallel(obj) if isinstance(obj, torch.nn.Module) else obj
+    return extract_model_from_parallel(obj, keep_torch_compile=False) if isinstance(obj, torch.nn.Module) else obj
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int,
