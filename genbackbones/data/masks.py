@@ -171,7 +171,7 @@ def _parse_class_file(path: Path) -> tuple[tuple[str, ...] | None, str | None]:
         return _check_names(tuple(raw), path), None
     if isinstance(raw, list) or (isinstance(raw, dict) and raw and all(_is_colour(v) for v in raw.values())):
         return None, str(path)  # a colour map: read by parse_class_colors
-    if isinstance(raw, dict) and raw and all(_is_int(k) for k in raw):
+    if isinstance(raw, dict) and raw and all(is_int(k) for k in raw):
         return _from_index_map({int(k): str(v) for k, v in raw.items()}, path), None
     if isinstance(raw, dict) and raw and all(isinstance(v, int) for v in raw.values()):
         return _from_index_map({v: str(k) for k, v in raw.items()}, path), None
@@ -197,7 +197,8 @@ def _check_names(names: tuple[str, ...], path: Path) -> tuple[str, ...]:
     return names
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """Whether a value (a JSON key, a CSV cell) reads as an integer."""
     try:
         int(str(value))
         return True

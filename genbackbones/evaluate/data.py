@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from ..data.images import to_square_rgb
-from ..data.masks import MASK_SUFFIXES, MaskReader, parse_class_colors, read_class_names, snap_colours
+from ..data.masks import MASK_SUFFIXES, MaskReader, is_int, parse_class_colors, read_class_names, snap_colours
 from ..errors import UserError
 from .landmarks import mirror_permutation, resolve_layout
 from .metrics import IGNORE_INDEX
@@ -339,16 +339,8 @@ def _label_map(values: Sequence, names: Sequence[str] | None = None) -> tuple[di
     """Raw label values -> class indices. Given names (ClassLabel) keep their order; else sorted values."""
     if names is not None:
         return {i: i for i in range(len(names))}, tuple(names)
-    unique = sorted(set(values), key=lambda v: (0, int(v), "") if _is_int(v) else (1, 0, str(v)))
+    unique = sorted(set(values), key=lambda v: (0, int(v), "") if is_int(v) else (1, 0, str(v)))
     return {v: i for i, v in enumerate(unique)}, tuple(str(v) for v in unique)
-
-
-def _is_int(value) -> bool:
-    try:
-        int(str(value))
-        return True
-    except ValueError:
-        return False
 
 
 def _mask_classes(reader: MaskReader, parts: list[Labelled]) -> tuple[str, ...]:
