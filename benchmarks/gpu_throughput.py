@@ -14,6 +14,7 @@ LayerMatch recipes get the step / floor split of benchmarks/pretrain_step.py; GH
 
     python benchmarks/gpu_throughput.py --json benchmarks/results/gpu_throughput.json
     python benchmarks/gpu_throughput.py --recipes layermatch/hrnet_w18-ffhq256 --batch 16
+    python benchmarks/gpu_throughput.py --set train.channels_last=true --set train.compile=true
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def ghfeat_throughput(recipe_name: str, overrides: list[str], steps: int, warmup
 
 
 def one_recipe(name: str, args: argparse.Namespace) -> dict:
-    overrides = OFFLINE + ([f"train.batch_size={args.batch}"] if args.batch else [])
+    overrides = OFFLINE + ([f"train.batch_size={args.batch}"] if args.batch else []) + args.overrides
     if name.startswith("layermatch/"):
         return measure(name, overrides, args.steps, args.warmup)
     extra = ["data.source=faces", "data.count=256"] + ([] if args.vgg else ["ghfeat.perceptual=none"])
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (LayerMatch: rounds)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--vgg", action="store_true", help="GH-Feat with its VGG16 perceptual loss (cached weights)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        help="recipe override for every recipe, e.g. --set train.channels_last=true "
+                             "--set train.compile=true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one recipe, in this process
     args = parser.parse_args(argv)
