@@ -40,7 +40,7 @@ import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see genbackbones/cli/evaluate.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see genbackbones/cli/__init__.py
 
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402

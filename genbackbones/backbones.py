@@ -13,46 +13,21 @@ user feeding [0, 1] images through timm's usual transforms sees what training sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
-
 import timm
 import torch
 from torch import nn
 
-from .errors import UserError, require
+from .errors import UserError, first_line
+from .recipes import BackboneSpec, is_hrnet  # noqa: F401  (is_hrnet: used here and re-exported)
 
 GENERATOR_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [0,1] -> [-1,1], the generator's range
-
-
-@dataclass
-class BackboneSpec:
-    """What to build: a timm architecture, its init, and feature options (a recipe's `backbone:` section)."""
-
-    arch: str = "hrnet_w18_small"
-    init: Literal["random", "imagenet"] = "random"
-    feature_location: str | None = None  # HRNet only: '' (default, segmentation branches) or 'incre'
-    out_indices: tuple[int, ...] | None = None
-    pretrained_tag: str | None = None  # e.g. 'ms_in1k'; None = timm's default tag for the arch
-
-    def check(self) -> None:
-        require(self.feature_location in (None, "", "incre"), "feature_location",
-                f"must be '' or 'incre' (HRNet only), got {self.feature_location!r}")
-
-    def with_init(self, init: str) -> "BackboneSpec":
-        """The same architecture with another init (e.g. 'random' to build it before loading weights)."""
-        return replace(self, init=init)
-
-
-def is_hrnet(arch: str) -> bool:
-    return arch.split(".")[0].startswith("hrnet")
 
 
 def feature_kwargs(spec: BackboneSpec) -> dict:
     """Keyword arguments for `timm.create_model(..., features_only=True)`."""
     kwargs: dict = {"features_only": True}
     if is_hrnet(spec.arch):
-        kwargs["feature_location"] = "" if spec.feature_location is None else spec.feature_location
+        kwargs["feature_location"] = spec.feature_location  # resolved by BackboneSpec ('' unless 'incre')
     if spec.out_indices is not None:
         kwargs["out_indices"] = tuple(spec.out_indices)
     return kwargs
@@ -132,28 +107,8 @@ def check_resolution(backbone: nn.Module, spec: BackboneSpec, resolution: int) -
             backbone.eval()(torch.zeros(1, 3, resolution, resolution))
     except Exception as err:
         raise UserError(f"backbone {spec.arch} cannot take the generator's {resolution}x{resolution} images "
-                        f"({str(err).splitlines()[0][:120]}); use a larger generator or another backbone") from None
+                        f"({first_line(err, 120)}); use a larger generator or another backbone") from None
     finally:
         backbone.train()
     if min(s for _, s in feature_shapes(backbone, resolution)) < 1:
         raise UserError(f"generator resolution {resolution} is too small for {spec.arch}")
-
-
-def full_model_for_export(spec: BackboneSpec, features: nn.Module) -> nn.Module:
-    """The headless classification model (num_classes=0) carrying the trained feature weights.
-
-    timm loads a Hub/local checkpoint into the full model, and builds features_only
-    models from it; a features-only state dict does not load back as the full model
-    (HRNet's incre/final layers are absent), so the export is the full state dict.
-    Modules the features never used keep timm's initialisation and are reported.
-    """
-    name = spec.arch if spec.pretrained_tag is None else f"{spec.arch.split('.')[0]}.{spec.pretrained_tag}"
-    if spec.init == "imagenet":
-        full = create_pretrained(name, num_classes=0)
-    else:
-        full = timm.create_model(name, pretrained=False, num_classes=0)
-    state = features.state_dict()
-    result = full.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise RuntimeError(f"feature weights do not fit {spec.arch}: {result.unexpected_keys[:5]}")
-    return full

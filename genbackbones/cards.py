@@ -20,6 +20,9 @@ import struct
 from pathlib import Path
 
 from .errors import UserError
+from .offline import HUB_PREFIX
+
+LOCAL_PREFIX = "local-dir:"
 
 CARDS_DIR = Path(__file__).resolve().parent / "assets" / "hub_cards"
 BACKBONE_TEMPLATE = CARDS_DIR / "backbone.md.j2"
@@ -40,6 +43,19 @@ STYLEGAN2_ADA_BIBTEX = """@inproceedings{karras2020ada,
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2020}
 }"""
+
+
+def load_line(name: str | Path) -> str:
+    """The exact timm call for an export: a folder (-> `local-dir:<absolute path>`) or an `hf-hub:` id."""
+    text = str(name)
+    if not text.startswith((HUB_PREFIX, LOCAL_PREFIX)):
+        text = f"{LOCAL_PREFIX}{Path(text).resolve()}"
+    return f"timm.create_model('{text}', pretrained=True, features_only=True)"
+
+
+def generator_load_line(repo_id: str) -> str:
+    """The Python line that opens a generator repo on the Hub (what `push` and `info` print)."""
+    return f"genbackbones.open_generator('{HUB_PREFIX}{repo_id}')"
 
 
 def license_fields(license: str) -> dict[str, str]:

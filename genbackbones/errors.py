@@ -26,3 +26,9 @@ def require(condition: bool, key: str, message: str) -> None:
     """For the `check()` of a recipe section: an impossible value is named by its key."""
     if not condition:
         raise RecipeValueError(key, message)
+
+
+def first_line(err: BaseException, limit: int = 150) -> str:
+    """An exception as one short line for a UserError message (its first non-empty line, or its type's name)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]

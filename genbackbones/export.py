@@ -38,18 +38,10 @@ from timm.models import save_for_hf
 
 from . import atomic
 from .backbones import BackboneSpec, create_backbone, is_hrnet
-from .cards import backbone_card
+from .cards import LOCAL_PREFIX, backbone_card, load_line
 from .errors import UserError
+from .evaluate.report import read_model_index
 
-LOCAL_PREFIX = "local-dir:"
-
-
-def load_line(name: str | Path) -> str:
-    """The exact timm call for an export: a folder (-> `local-dir:<absolute path>`) or an `hf-hub:` id."""
-    text = str(name)
-    if not text.startswith(("hf-hub:", LOCAL_PREFIX)):
-        text = f"{LOCAL_PREFIX}{Path(text).resolve()}"
-    return f"timm.create_model('{text}', pretrained=True, features_only=True)"
 
 
 def pretrained_cfg_for(arch: str, input_size: int, mean, std, license: str, tag: str) -> dict:
@@ -157,7 +149,7 @@ def verify_export(folder: Path, features: torch.nn.Module, input_size: int) -> N
 
 def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None) -> Path:
     """Export the latest checkpoint of a run to `<run>/export` or `out`."""
-    from .engine.checkpoints import latest_checkpoint
+    from .engine.checkpoints import checkpoint_step, latest_checkpoint
     from .methods import get_method
     from .recipes import dump_recipe, load_recipe, to_dict
 
@@ -181,7 +173,7 @@ def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None)
     if missing or unexpected:
         raise UserError(f"checkpoint {checkpoint} does not match backbone {spec.arch}: missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}")
-    step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    step = checkpoint_step(checkpoint)
     images_per_step = run_info.get("images_per_step") or (
         recipe.train.batch_size * recipe.train.grad_accum * run_info.get("num_processes", 1))
     provenance = {
@@ -200,10 +192,10 @@ def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None)
     mean_std = run_info.get("mean_std") or [[0.5] * 3, [0.5] * 3]
     license = recipe.license or provenance["generator"].get("license") or "other"
     card = dict(card or {})
-    evaluation = _load_evaluation(run_dir)
-    card.setdefault("eval_results", evaluation.get("eval_results"))
-    card.setdefault("eval_rows", evaluation.get("rows", []))
-    card.setdefault("model_name", evaluation.get("model_name") or run_dir.name)
+    eval_results, eval_rows = read_model_index(run_dir) or ([], [])
+    card.setdefault("eval_results", eval_results or None)
+    card.setdefault("eval_rows", eval_rows)
+    card.setdefault("model_name", run_dir.name)
     return export_backbone(features, spec, out or run_dir / "export", input_size=run_info.get("resolution", 64),
                            mean=mean_std[0], std=mean_std[1], license=license, provenance=provenance, card=card,
                            extra_files={"recipe.yaml": dump_recipe(recipe)})
@@ -219,14 +211,3 @@ def _data_desc(data) -> str | None:
 def _plain(value):
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value if not isinstance(value, dict) \
         else {k: _plain(v) for k, v in value.items()}
-
-
-def _load_evaluation(run_dir: Path) -> dict:
-    """Model-index entries written by `genbackbones evaluate` into the run, if any."""
-    path = Path(run_dir) / "evaluation" / "model_index.json"
-    if not path.exists():
-        return {}
-    from huggingface_hub import EvalResult
-
-    data = json.loads(path.read_text())
-    return {"eval_results": [EvalResult(**r) for r in data.get("eval_results", [])], "rows": data.get("rows", [])}

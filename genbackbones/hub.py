@@ -23,9 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .cards import generator_load_line, load_line
+from .errors import UserError, first_line
+from .offline import HUB_PREFIX
 
-HUB_PREFIX = "hf-hub:"
 EVALUATION_SUFFIXES = (".json", ".png")
 # run.json keys that describe the machine a run happened on, not the weights
 MACHINE_LOCAL_KEYS = frozenset({"host", "hostname", "node", "user", "username", "pid", "cwd", "run_dir", "output",
@@ -74,9 +75,7 @@ class Staged:
     @property
     def load_line(self) -> str:
         if self.kind == "generator":
-            return f"genbackbones.open_generator('{HUB_PREFIX}{self.repo_id}')"
-        from .export import load_line
-
+            return generator_load_line(self.repo_id)
         return load_line(f"{HUB_PREFIX}{self.repo_id}")
 
 
@@ -99,7 +98,7 @@ def parse_repo_spec(spec: str) -> tuple[str, str | None]:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise UserError(f"{spec!r} is not a Hub model id: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{spec!r} is not a Hub model id: {first_line(err)}") from None
     if repo_id.count("/") != 1:
         raise UserError(f"{spec!r}: expected org/name (optionally @revision), e.g. me/hrnet_w18.layermatch_ffhq256")
     return repo_id, revision or None
@@ -159,7 +158,6 @@ def _backbone_files(export: Path, run_dir: Path | None, repo_id: str, tags: list
 def _backbone_card(cfg: dict, export: Path, run_dir: Path | None, repo_id: str, tags: list[str]) -> str:
     """The export's card, rendered again for this Hub id, with the run's evaluation and zoo metadata."""
     from .cards import backbone_card
-    from .export import load_line
     from .zoo import find_entry
 
     entry = find_entry(repo_id)
@@ -177,15 +175,13 @@ def _backbone_card(cfg: dict, export: Path, run_dir: Path | None, repo_id: str, 
 
 def _evaluation(run_dir: Path | None, export: Path) -> tuple[list, list[dict]]:
     """EvalResults + table rows from `<run>/evaluation/model_index.json`, else the export card's model-index."""
-    from huggingface_hub import EvalResult, ModelCard
+    from huggingface_hub import ModelCard
 
-    path = run_dir / "evaluation" / "model_index.json" if run_dir else None
-    if path is not None and path.exists():
-        data = _read_json(path)
-        try:
-            return [EvalResult(**r) for r in data.get("eval_results", [])], list(data.get("rows", []))
-        except TypeError as err:
-            raise UserError(f"{path}: malformed eval_results ({err}); run `genbackbones evaluate` again") from None
+    from .evaluate.report import read_model_index
+
+    found = read_model_index(run_dir) if run_dir else None
+    if found is not None:
+        return found
     if (export / "README.md").exists():
         card = ModelCard.load(export / "README.md", ignore_metadata_errors=True)
         return list(card.data.eval_results or []), []
@@ -318,7 +314,7 @@ def push(source: str | Path, repo_id: str, *, private: bool = False, revision: s
 
 
 def pull(spec: str, out: str | Path | None = None) -> Path:
-    """Download a repo: into the HF cache (timm and load_generator find it there), or into `out`."""
+    """Download a repo: into the HF cache (timm and open_generator find it there), or into `out`."""
     from huggingface_hub import snapshot_download
 
     repo_id, revision = parse_repo_spec(spec)
@@ -435,14 +431,12 @@ def info(spec: str) -> RepoInfo:
 def _repo_info(repo_id: str, sha: str, kind: str, data, config: dict, files) -> RepoInfo:
     if kind == "generator":
         generator, digest, method = config.get("source") or "-", config.get("source_sha256") or "-", "stylegan2"
-        load = f"genbackbones.open_generator('{HUB_PREFIX}{repo_id}')"
+        load = generator_load_line(repo_id)
     else:
         prov = config.get("genbackbones", {})
         gen = prov.get("generator", {})
         generator, digest = gen.get("description") or gen.get("source") or "-", gen.get("sha256") or "-"
         method = prov.get("method") or _method(list(data.tags or []))
-        from .export import load_line
-
         load = load_line(f"{HUB_PREFIX}{repo_id}")
     results = [{"task": r.task_type, "dataset": r.dataset_name, "metric": r.metric_name or r.metric_type,
                 "value": r.metric_value} for r in _eval_results(data)]

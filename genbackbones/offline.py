@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+HUB_PREFIX = "hf-hub:"  # a Hugging Face Hub repo where a path would go: hf-hub:org/name[@revision]
+
 _reachable_cache: dict[str, bool] = {}
 
 

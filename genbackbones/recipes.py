@@ -27,20 +27,20 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-from .backbones import BackboneSpec
-from .engine.loop import TrainCfg
 from .errors import RecipeValueError, UserError, require
 from .methods import get_method
 
 RECIPES_DIR = Path(__file__).resolve().parent / "assets" / "recipes"
 SHARED_SECTIONS = ("generator", "backbone", "data", "train")
 GENERATOR_KEYWORDS = ("bundled",)  # generator.source values that are not paths (nor random:/hf-hub: prefixes)
+BUDGETS = ("steps", "images_seen", "flops")  # a run's length: exactly one of these in `train:`
+DEFAULT_STEPS = 300  # when `train:` gives none of them
 DATA_KEYWORDS = ("faces", "generator")  # data.source values that are not paths (generator: SSL's drawn images)
 
 
@@ -52,7 +52,8 @@ class GeneratorCfg:
     network: str = "G_ema"  # for NVIDIA pickles: G_ema | G
     truncation_psi: float = 1.0
     noise_mode: Literal["random", "const", "none"] = "random"
-    fused_modconv: bool = False  # grouped-conv modulation (NVIDIA's eval default); unfused is faster on CPU
+    fused_modconv: bool | None = None  # grouped-conv modulation; None = the faster form for the device (unfused
+    # on CPU, measured in docs/generator-speed.md; grouped on GPUs, NVIDIA's default)
 
     def check(self) -> None:
         require(math.isfinite(self.truncation_psi), "truncation_psi", f"must be a finite number, got {self.truncation_psi}")
@@ -76,6 +77,95 @@ class DataCfg:
     def check(self) -> None:
         require(self.count >= 0, "count", f"must be >= 0 (0 = all), got {self.count}")
         require(self.resolution is None or self.resolution >= 1, "resolution", f"must be >= 1, got {self.resolution}")
+
+
+def is_hrnet(arch: str) -> bool:
+    """timm's HRNet family (feature locations, a classification head that LayerMatch does not train)."""
+    return arch.split(".")[0].startswith("hrnet")
+
+
+@dataclass
+class BackboneSpec:
+    """What to build: a timm architecture, its init, and feature options (a recipe's `backbone:` section)."""
+
+    arch: str = "hrnet_w18_small"
+    init: Literal["random", "imagenet"] = "random"
+    feature_location: str | None = None  # HRNet only: '' (default, segmentation branches) or 'incre'
+    out_indices: tuple[int, ...] | None = None
+    pretrained_tag: str | None = None  # e.g. 'ms_in1k'; None = timm's default tag for the arch
+
+    def __post_init__(self) -> None:
+        # resolved here, once: HRNet is trained through its segmentation branches unless a recipe says 'incre';
+        # other architectures have no feature locations (a recipe switched from HRNet with --set may carry one)
+        if is_hrnet(self.arch):
+            self.feature_location = "" if self.feature_location is None else self.feature_location
+        else:
+            self.feature_location = None
+
+    def check(self) -> None:
+        require(self.feature_location in (None, "", "incre"), "feature_location",
+                f"must be '' or 'incre' (HRNet only), got {self.feature_location!r}")
+
+    def with_init(self, init: str) -> "BackboneSpec":
+        """The same architecture with another init (e.g. 'random' to build it before loading weights)."""
+        return replace(self, init=init)
+
+
+@dataclass
+class TrainCfg:
+    """A recipe's `train:` section: the settings of this loop, shared by every method.
+
+    The length of a run is given one way: `steps`, or a budget of `images_seen`
+    (images through the training step, all processes together) or of `flops` (the
+    counted FLOPs of a step times the steps, see `count_step_flops`). A budget is
+    turned into `steps` when a run starts, before anything is written
+    (`resolve_budget`); the saved recipe holds the steps, run.json the budget.
+    With none of the three, `steps` is 300.
+    """
+
+    steps: int | None = None
+    images_seen: int | None = None  # budget: images seen, all processes
+    flops: float | None = None  # budget: FLOPs (forward + backward of everything a step runs)
+    batch_size: int = 16  # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    max_grad_norm: float | None = None
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    log_with: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"  # Accelerate trackers
+    num_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
+    compile: bool = False  # torch.compile the trained model (Accelerate's dynamo plugin); the frozen generator not
+    channels_last: bool = False  # trained modules in NHWC memory format (faster convolutions on recent GPUs)
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.images_seen is None and self.flops is None:
+            self.steps = DEFAULT_STEPS
+
+    def check(self) -> None:
+        given = [key for key in BUDGETS if getattr(self, key) is not None]
+        if len(given) > 1:
+            require(False, given[-1], f"and train.{given[0]} both give the run's length; keep one "
+                                      f"(e.g. --set train.{given[0]}=null)")
+        for key in ("steps", "images_seen", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, f"must be >= 1, got {value}")
+        require(self.flops is None or (self.flops > 0 and math.isfinite(self.flops)), "flops",
+                f"must be a positive number, got {self.flops}")
+        require(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+                f"must be two numbers in [0, 1), got {self.betas}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.keep_checkpoints >= 0, "keep_checkpoints", f"must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
+                f"must be > 0 (or null for none), got {self.max_grad_norm}")
+        require(self.num_threads is None or self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")
 
 
 @dataclass

@@ -61,9 +61,10 @@ class ZooEntry:
         """The timm call for a published entry (what `genbackbones zoo` prints), '-' otherwise."""
         if not self.loadable:
             return "-"
-        from .export import load_line
+        from .cards import load_line
+        from .offline import HUB_PREFIX
 
-        return load_line(f"hf-hub:{self.repo}")
+        return load_line(f"{HUB_PREFIX}{self.repo}")
 
     @property
     def license_label(self) -> str:

@@ -56,7 +56,7 @@ def pretrain(
     no_export: bool = typer.Option(False, "--no-export", help="Skip the export at the end."),
 ):
     """Pretrain a backbone against a frozen generator (the recipe's method); exports a timm folder."""
-    from ..export import load_line
+    from ..cards import load_line
 
     run_dir = _run("pretrain", recipe, set_, resume, output, steps, not no_export, "quickstart")
     if not is_main_process():
@@ -90,7 +90,8 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Export folder (default RUN/export)."),
 ):
     """Export a run's backbone as model.safetensors + config.json + README.md (timm-loadable)."""
-    from ..export import export_run, load_line
+    from ..cards import load_line
+    from ..export import export_run
 
     folder = export_run(run, out)
     print_copyable(f"exported {folder}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 GENERATOR_SOURCE = "generator"  # data.source keyword: images drawn from the frozen generator (method ssl)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -120,7 +120,7 @@ def load_hf_dataset(name: str, resolution: int, split: str = "train", column: st
         ds = datasets.load_from_disk(name) if Path(name).is_dir() and (Path(name) / "dataset_info.json").exists() \
             else datasets.load_dataset(name, split=split)
     except Exception as err:
-        raise UserError(f"cannot load dataset {name!r} ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+        raise UserError(f"cannot load dataset {name!r} ({type(err).__name__}: {first_line(err, 120)}); "
                         "give a local folder, a saved dataset, or a Hub id present in the cache") from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel
 
 from .. import atomic
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 CHECKPOINTS = "checkpoints"
 
@@ -28,6 +28,11 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     done = [p for p in root.glob("step-*") if (p / "trainer_state.json").exists()] if root.exists() else []
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a complete checkpoint folder was saved at."""
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["step"]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -81,8 +86,8 @@ def load_checkpoint(checkpoint: Path, objects: dict[str, object], device: torch.
             raise UserError(f"checkpoint {checkpoint} has no state for {name!r}; it was written by another "
                             "method or version — start a new run") from None
         except (RuntimeError, OSError, ValueError) as err:
-            raise UserError(f"checkpoint {checkpoint} cannot be restored ({name}: {str(err).splitlines()[0][:150]}); "
+            raise UserError(f"checkpoint {checkpoint} cannot be restored ({name}: {first_line(err, 150)}); "
                             "delete that step folder to fall back to the previous one") from None
-    return json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    return checkpoint_step(checkpoint)
 
 

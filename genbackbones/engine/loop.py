@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -44,72 +44,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import atomic
-from ..errors import UserError, require
+from ..errors import UserError
+from ..recipes import TrainCfg
 from .checkpoints import save_checkpoint
 
 STOP_AFTER_ENV = "GENBACKBONES_KILL_AFTER_CHECKPOINT"  # tests: SIGKILL self right after saving this step
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
-DEFAULT_STEPS = 300
-BUDGETS = ("steps", "images_seen", "flops")
-
-
-@dataclass
-class TrainCfg:
-    """A recipe's `train:` section: the settings of this loop, shared by every method.
-
-    The length of a run is given one way: `steps`, or a budget of `images_seen`
-    (images through the training step, all processes together) or of `flops` (the
-    counted FLOPs of a step times the steps, see `count_step_flops`). A budget is
-    turned into `steps` when a run starts, before anything is written
-    (`resolve_budget`); the saved recipe holds the steps, run.json the budget.
-    With none of the three, `steps` is 300.
-    """
-
-    steps: int | None = None
-    images_seen: int | None = None  # budget: images seen, all processes
-    flops: float | None = None  # budget: FLOPs (forward + backward of everything a step runs)
-    batch_size: int = 16  # per process, per micro-batch
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    max_grad_norm: float | None = None
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    log_with: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"  # Accelerate trackers
-    num_threads: int | None = None  # torch intra-op threads per process (None = torch's default)
-    compile: bool = False  # torch.compile the trained model (Accelerate's dynamo plugin); the frozen generator not
-    channels_last: bool = False  # trained modules in NHWC memory format (faster convolutions on recent GPUs)
-
-    def __post_init__(self) -> None:
-        if self.steps is None and self.images_seen is None and self.flops is None:
-            self.steps = DEFAULT_STEPS
-
-    def check(self) -> None:
-        given = [key for key in BUDGETS if getattr(self, key) is not None]
-        if len(given) > 1:
-            require(False, given[-1], f"and train.{given[0]} both give the run's length; keep one "
-                                      f"(e.g. --set train.{given[0]}=null)")
-        for key in ("steps", "images_seen", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
-            value = getattr(self, key)
-            require(value is None or value >= 1, key, f"must be >= 1, got {value}")
-        require(self.flops is None or (self.flops > 0 and math.isfinite(self.flops)), "flops",
-                f"must be a positive number, got {self.flops}")
-        require(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
-                f"must be two numbers in [0, 1), got {self.betas}")
-        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        require(self.keep_checkpoints >= 0, "keep_checkpoints", f"must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
-        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
-                f"must be > 0 (or null for none), got {self.max_grad_norm}")
-        require(self.num_threads is None or self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")
-
-
 @dataclass
 class Phase:
     """One optimiser step per `every` steps, on the loss `loss(step, micro) -> {'loss': tensor, ...}`."""
@@ -328,7 +268,7 @@ def run_loop(accelerator: Accelerator, task: Task, cfg: TrainCfg, seed: int, run
     """Train `task` from `start_step` to `cfg.steps`, checkpointing and logging on the way.
 
     `hooks` run after each step (after the task's own `after_step`) with the step
-    index; the run skeleton uses them for periodic sample grids. Trackers must have
+    index: a method's run-level work (StyleGAN2's periodic sample grids, `Method.hooks`). Trackers must have
     been started (`accelerator.init_trackers`); the caller ends with
     `accelerator.end_training()` (it tears down the process group).
     """

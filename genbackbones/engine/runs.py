@@ -37,11 +37,11 @@ from rich.console import Console
 
 from .. import atomic
 from ..data.grids import grid_image, save_png
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..methods import get_method
 from ..recipes import Recipe, dump_recipe, load_recipe, to_dict
 from ..version import versions
-from .checkpoints import latest_checkpoint, load_checkpoint
+from .checkpoints import checkpoint_step, latest_checkpoint, load_checkpoint
 from .loop import StepCost, count_step_flops, log_image, make_accelerator, resolve_budget, run_loop, tracker_config
 
 RUN_STATUSES = ("running", "interrupted", "failed", "trained", "exported")
@@ -73,7 +73,7 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
     else:
         checkpoint = latest_checkpoint(run_dir)
     accelerator = make_accelerator(recipe.train, run_dir, prepared.find_unused_parameters)
-    cost = measure_step_cost(method, prepared, recipe, accelerator)
+    cost = recorded_step_cost(previous, accelerator) or measure_step_cost(method, prepared, recipe, accelerator)
     budget = resolve_budget(recipe.train, cost) or previous.get("budget")
     task = method.build(prepared, recipe, accelerator)
     if recipe.train.channels_last:  # in place: the optimisers keep their parameters
@@ -116,10 +116,10 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
         interrupted = isinstance(err, KeyboardInterrupt)
         last = latest_checkpoint(run_dir)
         info.update(status="interrupted" if interrupted else "failed",
-                    last_checkpoint_step=json.loads((last / "trainer_state.json").read_text())["step"] if last else 0,
+                    last_checkpoint_step=checkpoint_step(last) if last else 0,
                     stopped=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         if not interrupted:
-            info["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            info["error"] = f"{type(err).__name__}: {first_line(err, 200)}"
         write_run_info(accelerator, run_dir, info)
         if interrupted and accelerator.is_main_process:
             console.print(f"[yellow]interrupted[/]: {run_dir} is kept at its last checkpoint (step "
@@ -157,6 +157,14 @@ FLOPS_COUNTED = ("torch FlopCounterMode over one training step: forward and back
                  "convolutions only, 2 FLOPs per multiply-add")
 
 
+def recorded_step_cost(info: dict, accelerator) -> StepCost | None:
+    """A resumed run's step cost as run.json recorded it, when the process count is the same (else measured again)."""
+    if info.get("num_processes") == accelerator.num_processes and info.get("flops_per_step") is not None \
+            and info.get("images_per_step") is not None:
+        return StepCost(images_per_step=info["images_per_step"], flops_per_step=info["flops_per_step"])
+    return None
+
+
 def measure_step_cost(method, prepared, recipe: Recipe, accelerator) -> StepCost:
     """Images and counted FLOPs of one training step, all processes (`loop.count_step_flops`).
 
@@ -173,7 +181,10 @@ def measure_step_cost(method, prepared, recipe: Recipe, accelerator) -> StepCost
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
         with torch.random.fork_rng(devices=devices):
-            probe = method.build(copy.deepcopy(prepared), probe_recipe, accelerator)
+            # what a step only reads (the frozen generator, the images, VGG) is shared, not copied
+            shared = [getattr(prepared, name, None) for name in ("handle", "data", "vgg")]
+            memo = {id(obj): obj for obj in shared if obj is not None}
+            probe = method.build(copy.deepcopy(prepared, memo), probe_recipe, accelerator)
             flops = count_step_flops(accelerator, probe, probe_recipe.train, recipe.seed)
             images = probe.images_per_step
             del probe
@@ -193,7 +204,7 @@ def reopen(run_dir: Path, steps: int | None) -> tuple[Recipe, Path]:
     recipe = load_recipe(run_dir / "recipe.yaml", [f"train.steps={steps}"] if steps else [])
     done = latest_checkpoint(run_dir)
     if done is not None and steps is not None:
-        step = json.loads((done / "trainer_state.json").read_text())["step"]
+        step = checkpoint_step(done)
         if steps < step:
             raise UserError(f"--steps {steps} is below the {step} steps {run_dir} has already trained")
     return recipe, run_dir

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..backbones import BackboneSpec, feature_kwargs
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..offline import hub_reachable
 
 IMAGENET_DATA = {"in1k", "in12k", "in21k", "in22k"}
@@ -174,7 +174,7 @@ def check_input(backbone: ResolvedBackbone, resolution: int) -> None:
             model(torch.zeros(1, 3, resolution, resolution))
     except Exception as err:
         raise UserError(f"backbone {backbone.name} cannot take {resolution}x{resolution} images "
-                        f"({str(err).splitlines()[0][:100]}); choose another --resolution") from None
+                        f"({first_line(err, 100)}); choose another --resolution") from None
 
 
 def unique_names(backbones: list[ResolvedBackbone]) -> None:
@@ -275,7 +275,7 @@ def _timm_pretrained(reference: str, feature_options: dict | None = None) -> Res
     try:
         resolved.build(seed=0)
     except Exception as err:
-        raise UserError(f"{name} weights could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:100]})"
+        raise UserError(f"{name} weights could not be loaded ({type(err).__name__}: {first_line(err, 100)})"
                         f"; put {hub_id} in the Hugging Face cache (`hf download {hub_id}` on a machine with "
                         "internet, then copy the cache)") from None
     return resolved

@@ -41,8 +41,6 @@ says why), since a class could be one side of the face.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +49,11 @@ import numpy as np
 import torch
 
 from ..data.images import to_square_rgb
-from ..data.masks import MASK_SUFFIXES, MaskReader, is_int, parse_class_colors, read_class_names, snap_colours
+from ..data.masks import MaskReader, is_int, parse_class_colors, snap_colours
 from ..errors import UserError
 from .landmarks import mirror_permutation, resolve_layout
 from .metrics import IGNORE_INDEX
-from .options import DataOptions, apply_data_overrides, check
+from .options import DataOptions, apply_data_overrides
 
 __all__ = ["DataOptions", "apply_data_overrides", "EvalData", "Labelled", "Schema", "MaskReader",
            "subset_positions", "check_disjoint", "mirror_permutation", "parse_class_colors", "snap_colours"]

@@ -262,9 +262,28 @@ def _row(summary: list[dict], backbone: str, metric: str, n: int) -> dict | None
                 None)
 
 
+RUN_MODEL_INDEX = Path("evaluation") / "model_index.json"  # inside a run folder: what export and push put in cards
+
+
+def read_model_index(run_dir: Path) -> tuple[list, list[dict]] | None:
+    """(EvalResults, table rows) from RUN/evaluation/model_index.json; None when the run was not evaluated."""
+    from huggingface_hub import EvalResult
+
+    from ..errors import UserError
+
+    path = Path(run_dir) / RUN_MODEL_INDEX
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return [EvalResult(**r) for r in data.get("eval_results", [])], list(data.get("rows", []))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise UserError(f"{path}: malformed ({err}); run `genbackbones evaluate ... --run` again") from None
+
+
 def merge_into_run(run_dir: Path, index: dict) -> Path:
     """Add entries to RUN/evaluation/model_index.json, replacing earlier ones for the same task/metric/labels."""
-    path = Path(run_dir) / "evaluation" / "model_index.json"
+    path = Path(run_dir) / RUN_MODEL_INDEX
     old = json.loads(path.read_text()) if path.exists() else {}
     new_keys = {_result_key(r) for r in index["eval_results"]}
     new_rows = {_row_key(r) for r in index["rows"]}

@@ -43,7 +43,8 @@ class FrozenGenerator(Protocol):
         """The image when `value` replaces activation `tap` of `trace` (same styles, same noise)."""
         ...
 
-    def synthesize_from_styles(self, styles: dict[str, torch.Tensor], noise_mode: str = "const") -> torch.Tensor: ...
+    def synthesize_from_styles(self, styles: dict[str, torch.Tensor], noise_mode: str = "const",
+                               fused_modconv: bool | None = None) -> torch.Tensor: ...
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

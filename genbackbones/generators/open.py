@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..offline import HUB_PREFIX
 from .base import GeneratorHandle, freeze
 from .formats.folder import D_FILE, G_FILE, META_FILE, Provenance, build_meta, build_network, load_folder, \
     save_generator, sha256_file
@@ -32,7 +33,6 @@ from .stylegan2 import Generator
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 BUNDLED_DIR = ASSETS / "faces64"
-HUB_PREFIX = "hf-hub:"
 GENERATOR_NETWORKS = ("G_ema", "G")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -670,8 +669,3 @@ def _check_shape(t: torch.Tensor, shape: list[int | None], name: str) -> None:
     if t.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
         want = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{name} has shape {list(t.shape)}, expected {want}")
-
-
-def init_kwargs_of(module: nn.Module) -> dict[str, Any]:
-    """Constructor arguments that rebuild `module` (stored in our generator format)."""
-    return dict(module.init_kwargs)

@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..errors import UserError
 
-if TYPE_CHECKING:  # `Recipe` (genbackbones.recipes) is not imported: recipes asks this registry for sections
+if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from ..engine.loop import Task
+# genbackbones.recipes.Recipe and genbackbones.engine.loop.Task, not imported: recipes asks this registry for a
+# method's section, and the loop sits above the recipes, so importing them here would close a circle
+Recipe = Any
+Task = Any
 
 
 class Prepared:

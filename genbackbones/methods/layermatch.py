@@ -10,7 +10,9 @@ phi_hat_1..phi_hat_n. The loss is
 
 where the reconstruction substitutes phi_hat_m for phi_m and re-runs the rest of
 the generator with the same styles and noise; gradients flow through the frozen
-generator into phi_hat_m. Heads and losses only: the loop lives in training.py.
+generator into phi_hat_m. The loop and the run folder are engine/'s: this module is the
+model, the loss, the task the loop steps, and `METHOD` (how a `method: layermatch` recipe
+is prepared and built).
 
 Targets can be standardised per channel with running statistics (generator
 activations differ in scale by orders of magnitude between layers); the head then
@@ -20,7 +22,7 @@ predicts standardised values and is un-standardised before substitution.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal, Union
 
 import torch
@@ -28,8 +30,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from ..backbones import (InputNormalizer, backbone_mean_std, check_resolution, create_backbone, feature_shapes,
-                         is_hrnet)
+from ..backbones import InputNormalizer, backbone_mean_std, check_resolution, create_backbone, feature_shapes
 from ..engine.loop import Phase, adamw, cosine_schedule
 from ..errors import UserError, require
 from ..generators.base import FrozenGenerator, GeneratorHandle
@@ -51,7 +52,7 @@ class TapMatch:
     @property
     def key(self) -> str:
         """Unique name of this pairing (a tap may be predicted from two levels)."""
-        return f"{self.tap}@{self.level}".replace(".", "__")
+        return _tap_key(f"{self.tap}@{self.level}")
 
 
 def choose_taps(generator: FrozenGenerator, backbone: nn.Module, resolution: int,
@@ -145,6 +146,7 @@ class RunningStandardizer(nn.Module):
 
 
 def _tap_key(tap: str) -> str:
+    """A tap name as a ModuleDict key (no dots), as `TapMatch.key` makes them."""
     return tap.replace(".", "__")
 
 
@@ -219,7 +221,7 @@ class LayerMatchLosses:
 def layermatch_loss(model: LayerMatchModel, generator: FrozenGenerator, z: torch.Tensor, c: torch.Tensor | None,
                     rec_tap_index: int, rec_weight: float = 1.0, truncation_psi: float = 1.0,
                     noise_mode: str = "random", update_statistics: bool = True,
-                    fused_modconv: bool = False) -> LayerMatchLosses:
+                    fused_modconv: bool | None = None) -> LayerMatchLosses:
     """One LayerMatch loss evaluation for latents z (the generator pass is not differentiated)."""
     with torch.no_grad():
         trace = generator.trace(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode,
@@ -244,7 +246,7 @@ class LayerMatchTask:
 
     def __init__(self, model: nn.Module, generator: FrozenGenerator, optimizer: torch.optim.Optimizer,
                  scheduler, cfg: LayerMatchConfig, train_cfg, seed: int, device: torch.device,
-                 truncation_psi: float = 1.0, noise_mode: str = "random", fused_modconv: bool = False):
+                 truncation_psi: float = 1.0, noise_mode: str = "random", fused_modconv: bool | None = None):
         self.model, self.generator, self.optimizer, self.scheduler = model, generator, optimizer, scheduler
         self.cfg, self.train_cfg, self.seed, self.device = cfg, train_cfg, seed, device
         self.images_per_step = train_cfg.batch_size * train_cfg.grad_accum
@@ -346,8 +348,6 @@ class LayerMatch(Method):
     def prepare(self, recipe, num_processes: int) -> LayerMatchInputs:
         handle = open_generator(recipe.generator.source, recipe.generator.network, seed=recipe.seed)
         G = handle.G
-        if is_hrnet(recipe.backbone.arch) and recipe.backbone.feature_location is None:
-            recipe.backbone = replace(recipe.backbone, feature_location="")  # resolved: what the run trains
         torch.manual_seed(recipe.seed)
         backbone = create_backbone(recipe.backbone)
         check_resolution(backbone, recipe.backbone, G.img_resolution)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import torch
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from ..errors import UserError, require
+from ..errors import UserError, first_line, require
 
 try:
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss, VICRegLoss
@@ -204,7 +204,7 @@ def check_transform(views: ViewMaker, resolution: int) -> None:
         v0, v1 = views(torch.zeros(1, 3, resolution, resolution))
     except Exception as err:
         raise UserError(f"ssl.transform: lightly's transform fails on a {resolution} px image "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:150]})") from None
+                        f"({type(err).__name__}: {first_line(err, 150)})") from None
     if v0.shape != (1, 3, resolution, resolution) or v1.shape != v0.shape:
         raise UserError(f"ssl.transform: views of {tuple(v0.shape[1:])} instead of 3x{resolution}x{resolution}")
 
@@ -407,8 +407,6 @@ class SSL(Method):
             if len(data) < train.batch_size:
                 raise UserError(f"only {len(data)} training images for batch size {train.batch_size}")
         recipe.data.resolution = resolution  # resolved values, saved in recipe.yaml
-        if is_hrnet(recipe.backbone.arch) and recipe.backbone.feature_location is None:
-            recipe.backbone = replace(recipe.backbone, feature_location="")  # what the run trains and exports
         torch.manual_seed(recipe.seed)
         backbone = create_backbone(recipe.backbone)
         check_resolution(backbone, recipe.backbone, resolution)

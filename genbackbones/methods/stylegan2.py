@@ -242,6 +242,9 @@ class StyleGAN2(Method):
         if recipe.data.resolution not in (None, resolution):
             raise UserError(f"data.resolution {recipe.data.resolution} differs from the generator's {resolution}; "
                             "drop data.resolution or change the generator")
+        if train.grad_accum != 1:  # the GAN phases draw one batch per step; accumulating would change the losses
+            raise UserError(f"train.grad_accum {train.grad_accum}: the StyleGAN2 trainer does not accumulate "
+                            "gradients; set train.grad_accum=1 and choose train.batch_size")
         if train.batch_size % cfg.mbstd_group:
             raise UserError(f"train.batch_size {train.batch_size} must be a multiple of gan.mbstd_group "
                             f"{cfg.mbstd_group}")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import atomic
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .activations import upsample
 
 FORMAT = "genbackbones.extractor/1"
@@ -285,7 +285,7 @@ def load_extractor(path: str | Path) -> Extractor:
     try:
         extractor.load_state_dict(load_file(path / WEIGHTS_FILE))
     except RuntimeError as err:
-        raise UserError(f"{path / WEIGHTS_FILE} does not match {CONFIG_FILE} ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path / WEIGHTS_FILE} does not match {CONFIG_FILE} ({first_line(err)})") from None
     return extractor.eval()
 
 

@@ -19,7 +19,7 @@ files as pure data:
   pass through the same allowlist as inert data and are ignored.
 * `read_network_pickle` turns the records into `NvidiaNetwork`s: the constructor
   arguments and a state dict with NVIDIA's key names, ready for our `Generator` /
-  `Discriminator` (which `checkpoints.py` builds and loads strictly).
+  `Discriminator` (which `formats/folder.py`'s `build_network` builds and loads strictly).
 
 Legacy TensorFlow pickles and StyleGAN3 (alias-free) networks are recognised and
 refused with a message saying what to do instead.

@@ -21,7 +21,8 @@ from S6, middle from S5, fine from S4. Each code is predicted as an offset from
 the mean style, in units of the style's standard deviation over mapped latents, so
 an untrained encoder already renders roughly the mean image.
 
-Heads, losses and the task only; the loop is training.py's, orchestration ghfeat.py's.
+Heads, losses and the task only; the loop and run folder are engine/'s, the method
+(how a recipe is prepared and built) is in this package's __init__.py.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ class EncoderLosses:
 
 def encoder_loss(encoder: nn.Module, generator, D: nn.Module, real: torch.Tensor, vgg: VGGConv4_3 | None,
                  perceptual_weight: float, adv_weight: float, noise_mode: str = "const",
-                 fused_modconv: bool = False) -> EncoderLosses:
+                 fused_modconv: bool | None = None) -> EncoderLosses:
     """Paper eq. 2 with the non-saturating adversarial term; gradients reach only the encoder's parameters."""
     fake = generator.synthesize_from_styles(encoder(real), noise_mode=noise_mode, fused_modconv=fused_modconv)
     pixel = F.mse_loss(fake, real)
@@ -311,11 +312,11 @@ class GHFeatTask:
 
     def __init__(self, encoder: nn.Module, D: nn.Module, generator, vgg: VGGConv4_3 | None,
                  opt_E: torch.optim.Optimizer, opt_D: torch.optim.Optimizer, sched_E, sched_D,
-                 data: ImageSource, cfg, train_cfg, seed: int, accelerator, fused_modconv: bool = False,
+                 data: ImageSource, cfg, train_cfg, seed: int, accelerator, fused_modconv: bool | None = None,
                  sample_inputs: torch.Tensor | None = None):
         self.encoder, self.D, self.generator, self.vgg = encoder, D, generator, vgg
         self.sample_inputs = sample_inputs  # the images samples.png shows with their reconstructions
-        self.fused_modconv = fused_modconv  # generator.fused_modconv of the recipe (unfused is faster on CPU)
+        self.fused_modconv = fused_modconv  # generator.fused_modconv of the recipe (None: the faster form here)
         self.opt_E, self.opt_D, self.sched_E, self.sched_D = opt_E, opt_D, sched_E, sched_D
         self.data, self.cfg, self.train_cfg, self.seed = data, cfg, train_cfg, seed
         self.accelerator = accelerator

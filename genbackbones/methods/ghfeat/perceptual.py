@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...errors import UserError
+from ...errors import UserError, first_line
 
 VGG_NAME = "vgg16.tv_in1k"
 VGG_HUB_ID = "timm/vgg16.tv_in1k"
@@ -74,7 +74,7 @@ def weights_file() -> str:
     try:
         return hf_hub_download(VGG_HUB_ID, WEIGHT_FILES[0])
     except Exception as err:  # no network, no such file
-        raise UserError(missing_weights_message(f"{type(err).__name__}: {str(err).splitlines()[0][:100]}")) from None
+        raise UserError(missing_weights_message(f"{type(err).__name__}: {first_line(err, 100)}")) from None
 
 
 def read_state(path: str, keys: list[str]) -> dict[str, torch.Tensor]:

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ... import atomic
 from ...data.grids import save_grid
 from ...data.images import IMAGE_SUFFIXES, load_folder, open_images, to_square_rgb
-from ...engine.checkpoints import latest_checkpoint
-from ...errors import UserError
+from ...engine.checkpoints import checkpoint_step, latest_checkpoint
+from ...errors import UserError, first_line
 from ...generators.open import open_generator
 from ...generators.stylegan2 import Generator
 from ...recipes import Recipe, load_recipe
@@ -83,9 +83,9 @@ def load_run(run_dir: str | Path) -> GHFeatRun:
     try:
         encoder.load_state_dict(safetensors.torch.load_file(str(path)))
     except (RuntimeError, OSError, ValueError) as err:
-        raise UserError(f"{path} does not hold this run's encoder ({str(err).splitlines()[0][:150]}); "
+        raise UserError(f"{path} does not hold this run's encoder ({first_line(err, 150)}); "
                         "was the recipe or the generator changed after training?") from None
-    step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    step = checkpoint_step(checkpoint)
     return GHFeatRun(run_dir, recipe, encoder.eval(), G, step)
 
 
