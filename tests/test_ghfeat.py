@@ -28,6 +28,7 @@ from genbackbones.methods.ghfeat.use import extract_features, load_run, mix, par
 from genbackbones.recipes import Recipe, load_recipe
 from genbackbones.engine.checkpoints import latest_checkpoint
 from genbackbones.engine.loop import read_metrics
+from tests.cli_runs import run_cli
 
 from .conftest import FIXTURES
 
@@ -50,11 +51,6 @@ def tiny_recipe(tmp_path: Path, *overrides: str) -> Recipe:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
     return load_recipe(path, list(overrides))
-
-
-def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "genbackbones", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import timm
 import torch
 
@@ -20,7 +19,8 @@ from genbackbones.export import backbone_state_from_checkpoint
 from genbackbones import pretrain
 from genbackbones.recipes import load_recipe
 from genbackbones.engine.checkpoints import latest_checkpoint
-from genbackbones.engine.loop import STOP_AFTER_ENV, read_metrics
+from genbackbones.engine.loop import read_metrics
+from tests.cli_runs import kill_and_resume, run_cli
 
 TINY = textwrap.dedent("""
     name: tiny
@@ -29,11 +29,6 @@ TINY = textwrap.dedent("""
     layermatch: {head: linear}
     train: {steps: 6, batch_size: 4, lr: 1.0e-3, checkpoint_every: 2, log_every: 1}
 """)
-
-
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "genbackbones", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -115,23 +110,7 @@ def test_export_loads_through_offline_hf_hub_cache(quickstart_run, tmp_path):
 def test_kill_and_resume_is_bit_identical(tmp_path):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY)
-    straight = run_cli("pretrain", str(recipe), "-o", str(tmp_path / "straight"), "--no-export", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = run_cli("pretrain", str(recipe), "-o", str(tmp_path / "killed"), "--no-export", cwd=tmp_path,
-                     env={STOP_AFTER_ENV: "4"})
-    assert killed.returncode == -9, "the run was meant to die by SIGKILL right after checkpoint 4"
-    assert latest_checkpoint(tmp_path / "killed").name == "step-0000004"
-    resumed = run_cli("pretrain", "--resume", str(tmp_path / "killed"), "--no-export", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from step 4" in resumed.stderr
-    a = safetensors.torch.load_file(latest_checkpoint(tmp_path / "straight") / "model.safetensors")
-    b = safetensors.torch.load_file(latest_checkpoint(tmp_path / "killed") / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after kill+resume"
-    la = [h["loss"] for h in read_metrics(tmp_path / "straight")]
-    lb = [h["loss"] for h in read_metrics(tmp_path / "killed")]
-    assert la == lb
+    kill_and_resume(recipe, tmp_path)
 
 
 def test_two_cpu_processes_with_torchrun(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,11 +19,12 @@ import torch.nn.functional as F
 
 from genbackbones.backbones import BackboneSpec, create_backbone
 from genbackbones.engine.checkpoints import latest_checkpoint
-from genbackbones.engine.loop import STOP_AFTER_ENV, StepCost, TrainCfg, read_metrics, resolve_budget
+from genbackbones.engine.loop import StepCost, TrainCfg, read_metrics, resolve_budget
 from genbackbones.errors import UserError
 from genbackbones.export import backbone_state_from_checkpoint
 from genbackbones.methods.ssl import SSLConfig, SSLModel, ViewMaker, make_transform
 from genbackbones.recipes import load_recipe, to_dict
+from tests.cli_runs import kill_and_resume, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -54,11 +54,6 @@ SIMCLR_HRNET_ON_GENERATED = textwrap.dedent("""
     ssl: {algorithm: simclr, hidden_dim: 32, output_dim: 16, transform: {min_scale: 0.2, gaussian_blur: 0.0}}
     train: {images_seen: 10, batch_size: 4, lr: 1.0e-3, checkpoint_every: 2, log_every: 1, log_with: none}
 """)
-
-
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "genbackbones", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -163,23 +158,11 @@ def test_bad_transform_options_are_named():
 def test_kill_and_resume_is_bit_identical(tmp_path, text):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(text)
-    straight = run_cli("pretrain", str(recipe), "-o", str(tmp_path / "straight"), "--no-export", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = run_cli("pretrain", str(recipe), "-o", str(tmp_path / "killed"), "--no-export", cwd=tmp_path,
-                     env={STOP_AFTER_ENV: "4"})
-    assert killed.returncode == -9, "the run was meant to die by SIGKILL right after checkpoint 4"
-    resumed = run_cli("pretrain", "--resume", str(tmp_path / "killed"), "--no-export", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from step 4" in resumed.stderr
-    a = safetensors.torch.load_file(latest_checkpoint(tmp_path / "straight") / "model.safetensors")
-    b = safetensors.torch.load_file(latest_checkpoint(tmp_path / "killed") / "model.safetensors")
-    assert a.keys() == b.keys()
+    weights = kill_and_resume(recipe, tmp_path)
     if "byol" in text:
-        assert any(k.startswith("momentum_backbone.") for k in a), "BYOL's momentum network is checkpointed"
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after kill+resume"
-    la = [h["loss"] for h in read_metrics(tmp_path / "straight")]
-    assert la == [h["loss"] for h in read_metrics(tmp_path / "killed")] and len(set(la)) == len(la) == 6
+        assert any(k.startswith("momentum_backbone.") for k in weights), "BYOL's momentum network is checkpointed"
+    losses = [h["loss"] for h in read_metrics(tmp_path / "straight")]
+    assert len(set(losses)) == len(losses) == 6
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +328,20 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done earlier") == 2 + len(folders)
+
+
+def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
+    """`--tasks folder[:labels]`: a session short of time runs part of the grid, and the README says what is left."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_ssl.py"
+    spec = importlib.util.spec_from_file_location("vs_ssl", path)
+    vs_ssl = importlib.util.module_from_spec(spec)
+    sys.modules["vs_ssl"] = vs_ssl  # dataclasses look their module up there
+    spec.loader.exec_module(vs_ssl)
+    grid = vs_ssl.evaluations(["faces"], ["linear", "knn", "finetune"])
+    jobs = vs_ssl.selected(grid, "hair_colour-knn,segmentation:16")
+    assert [(j.folder, j.labels) for j in jobs] == [("segmentation", "16"), ("hair_colour-knn", "4,16,64")]
+    assert vs_ssl.selected(grid, None) == grid
+    with pytest.raises(UserError, match="--tasks: 'gender-linear' is not one of"):
+        vs_ssl.selected(grid, "gender-linear")

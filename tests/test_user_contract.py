@@ -25,6 +25,7 @@ from genbackbones.backbones import create_backbone
 from genbackbones.engine.checkpoints import latest_checkpoint
 from genbackbones.export import backbone_state_from_checkpoint
 from genbackbones.recipes import load_recipe
+from tests.cli_runs import run_cli
 
 RESNET = textwrap.dedent("""
     name: tiny-resnet
@@ -33,11 +34,6 @@ RESNET = textwrap.dedent("""
     layermatch: {head: linear}
     train: {steps: 3, batch_size: 4, lr: 1.0e-3, checkpoint_every: 3, log_every: 1}
 """)
-
-
-def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "genbackbones", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def timm_line(stdout: str) -> str:
@@ -84,9 +80,9 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("contract")
     recipe = tmp / "resnet.yaml"
     recipe.write_text(RESNET)
-    hrnet = cli("pretrain", "--set", "train.steps=3", "--set", "train.batch_size=4", "-o", "hrnet", cwd=tmp)
+    hrnet = run_cli("pretrain", "--set", "train.steps=3", "--set", "train.batch_size=4", "-o", "hrnet", cwd=tmp)
     assert hrnet.returncode == 0, hrnet.stderr[-3000:]
-    resnet = cli("pretrain", str(recipe), "-o", "resnet", cwd=tmp)
+    resnet = run_cli("pretrain", str(recipe), "-o", "resnet", cwd=tmp)
     assert resnet.returncode == 0, resnet.stderr[-3000:]
     return {"hrnet": (tmp / "hrnet", hrnet.stdout), "resnet": (tmp / "resnet", resnet.stdout)}
 
@@ -126,7 +122,7 @@ def test_the_card_snippet_runs_as_written(runs, arch, tmp_path):
 
 def test_export_command_and_config_follow_timm_conventions(runs, tmp_path):
     run, _ = runs["resnet"]
-    proc = cli("export", str(run), "--out", str(tmp_path / "again"), cwd=tmp_path)
+    proc = run_cli("export", str(run), "--out", str(tmp_path / "again"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     line = timm_line(proc.stdout)
     save_trained_features(run, tmp_path / "expected.pt")
@@ -168,7 +164,7 @@ def test_trackers_get_the_recipe_the_learning_rate_and_the_samples(runs):
 def test_log_with_none_channels_last_and_a_missing_tracker(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RESNET)
-    proc = cli("pretrain", str(recipe), "--set", "train.log_with=none", "--set", "train.channels_last=true",
+    proc = run_cli("pretrain", str(recipe), "--set", "train.log_with=none", "--set", "train.channels_last=true",
                "-o", "run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not list((tmp_path / "run").rglob("events.out.tfevents*"))
@@ -177,7 +173,7 @@ def test_log_with_none_channels_last_and_a_missing_tracker(tmp_path):
     try:
         import wandb  # noqa: F401
     except ImportError:
-        proc = cli("pretrain", str(recipe), "--set", "train.log_with=wandb", "-o", "run2", cwd=tmp_path)
+        proc = run_cli("pretrain", str(recipe), "--set", "train.log_with=wandb", "-o", "run2", cwd=tmp_path)
         assert proc.returncode == 2 and "pip install wandb" in proc.stderr and not (tmp_path / "run2").exists()
 
 
@@ -206,7 +202,7 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "broken.yaml").write_text("train:\n  steps: [1, 2\n  lr: {a: b\n")
-    line = one_line_error(cli(*args, cwd=tmp_path))
+    line = one_line_error(run_cli(*args, cwd=tmp_path))
     assert message in line, line
     assert not (tmp_path / "run").exists() and not (tmp_path / "grid.png").exists()
 
@@ -214,11 +210,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
 def test_version_help_and_completion(tmp_path):
     from genbackbones import __version__
 
-    proc = cli("--version", cwd=tmp_path)
+    proc = run_cli("--version", cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == f"genbackbones {__version__}"
-    proc = cli("reconstruct", "--help", cwd=tmp_path, env={"COLUMNS": "200"})
+    proc = run_cli("reconstruct", "--help", cwd=tmp_path, env={"COLUMNS": "200"})
     assert proc.returncode == 0 and "faces:A:B" in proc.stdout, proc.stdout  # rendered literally, no emoji
-    proc = cli("--show-completion", cwd=tmp_path, env={"SHELL": "/bin/bash"})
+    proc = run_cli("--show-completion", cwd=tmp_path, env={"SHELL": "/bin/bash"})
     assert proc.returncode == 0 and "complete" in proc.stdout and "_GENBACKBONES_COMPLETE" in proc.stdout.upper()
 
 
@@ -243,9 +239,9 @@ def test_offline_hub_downloads_fail_at_once_in_one_line(tmp_path):
     """No network (here: an endpoint nothing listens on): one line within seconds, no retry loop."""
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
     start = time.time()
-    line = one_line_error(cli("pretrain", "--set", "backbone.init=imagenet", "-o", "run", cwd=tmp_path, env=env))
+    line = one_line_error(run_cli("pretrain", "--set", "backbone.init=imagenet", "-o", "run", cwd=tmp_path, env=env))
     assert "ImageNet weights" in line and time.time() - start < 60
-    line = one_line_error(cli("list", "someorg", cwd=tmp_path, env=env))
+    line = one_line_error(run_cli("list", "someorg", cwd=tmp_path, env=env))
     assert "cannot reach the Hub" in line and "HF_HUB_OFFLINE=1" not in line
     assert not (tmp_path / "run").exists()
 
