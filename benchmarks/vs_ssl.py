@@ -44,7 +44,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see genbackbones/cli/__init__.py
@@ -236,6 +236,17 @@ def evaluations(domains: list[str], protocols: list[str]) -> list[Evaluation]:
     return jobs
 
 
+def selected(jobs: list[Evaluation], tasks: str | None) -> list[Evaluation]:
+    """The jobs `--tasks` names (`folder[:labels]`, labels replacing the job's own), in the grid's order."""
+    if not tasks:
+        return jobs
+    wanted = dict((t.split(":", 1) + [""])[:2] for t in tasks.split(","))
+    unknown = sorted(set(wanted) - {j.folder for j in jobs})
+    if unknown:
+        raise UserError(f"--tasks: {unknown[0]!r} is not one of {', '.join(sorted({j.folder for j in jobs}))}")
+    return [replace(j, labels=wanted[j.folder] or j.labels) for j in jobs if j.folder in wanted]
+
+
 def evaluate(job: Evaluation, runs: list[Path], out: Path, labels: str, seeds: int, settings: list[str],
              baselines: list[str], device: str, console: Console) -> dict:
     """One task x protocol for every run of the domain (+ baselines); skipped when its results exist."""
@@ -316,7 +327,7 @@ def estimate(compute: list[dict], evaluated: dict[str, dict], domains: list[str]
 
 
 def readme(out: Path, compute: list[dict], missing_protocols: list[str], command: str, seconds: float,
-           tiny: bool) -> str:
+           tiny: bool, grid: list[Evaluation]) -> str:
     from genbackbones.evaluate.report import markdown_tables, summarise
 
     lines = ["# At equal compute: LayerMatch vs GH-Feat vs self-supervised learning vs random init", "",
@@ -338,6 +349,9 @@ def readme(out: Path, compute: list[dict], missing_protocols: list[str], command
     if missing_protocols:
         lines += [f"Not evaluated: classification protocol(s) {', '.join(missing_protocols)} (this evaluator does "
                   "not have them yet).", ""]
+    not_run = [f"{j.domain}/{j.folder}" for j in grid if not (out / j.domain / j.folder / "results.json").is_file()]
+    if not_run:
+        lines += [f"Not evaluated (left out of the runs above, e.g. by `--tasks`): {', '.join(not_run)}.", ""]
     for path in sorted(out.glob("*/*/results.json")):
         results = json.loads(path.read_text())
         results["summary"] = summarise(results)
@@ -364,6 +378,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                                  f"tiny {TINY_IMAGES})")
     parser.add_argument("--seeds", type=int, default=None, help="default 3 (tiny 1)")
     parser.add_argument("--labels", default=None, help="default per domain (utkface 16,64,256,1024; faces 4,16,64)")
+    parser.add_argument("--tasks", default=None,
+                        help="only these evaluations, each `folder[:labels]` (e.g. gender-linear,segmentation:16): "
+                             "fewer tasks or label counts when a session has less time than the whole grid")
     parser.add_argument("--baselines", default="random", help="evaluator baselines (random, imagenet or none)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for pretraining and evaluation")
     parser.add_argument("--work", type=Path, default=None, help=f"run folders (default {WORK.relative_to(REPO)})")
@@ -407,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluated = {}
         if not args.skip_evaluation:
             settings = TINY_SETTINGS if args.tiny else None
-            for job in evaluations(domains, protocols):
+            for job in selected(evaluations(domains, protocols), args.tasks):
                 folders = [work / r.domain / r.name for r in runs if r.domain == job.domain]
                 labels = args.labels or ("4" if args.tiny else job.labels)
                 results = evaluate(job, folders, out, labels, seeds, settings or FULL_SETTINGS[job.domain],
@@ -416,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         atomic.write_text(out / "compute.json", json.dumps({"command": command, "wall_seconds": round(seconds, 1),
                                                             "runs": compute}, indent=2) + "\n")
-        atomic.write_text(out / "README.md", readme(out, compute, missing, command, seconds, args.tiny))
+        atomic.write_text(out / "README.md", readme(out, compute, missing, command, seconds, args.tiny,
+                                                    evaluations(domains, protocols)))
         console.print(f"[green]written[/] {out}/README.md ({seconds / 60:.1f} min)")
         guess = estimate(compute, evaluated, list(DOMAINS), list(ARCHS), list(METHODS), protocols)
         console.print(
