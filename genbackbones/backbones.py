@@ -13,6 +13,9 @@ user feeding [0, 1] images through timm's usual transforms sees what training sa
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+
 import timm
 import torch
 from torch import nn
@@ -43,6 +46,19 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
     if spec.init == "random":
         return timm.create_model(name, pretrained=False, **feature_kwargs(spec))
     return create_pretrained(name, **feature_kwargs(spec))
+
+
+@contextmanager
+def quiet_timm():
+    """Silence timm's builder warnings while loading weights we check ourselves (a full checkpoint loaded into an
+    HRNet `features_only` model has classifier weights it does not use, and timm says so at WARNING)."""
+    logger = logging.getLogger("timm.models._builder")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def create_pretrained(name: str, **kwargs) -> nn.Module:

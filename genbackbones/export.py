@@ -27,7 +27,6 @@ the root key `genbackbones` (timm ignores extra root keys).
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import torch
 from timm.models import save_for_hf
 
 from . import atomic
-from .backbones import BackboneSpec, create_backbone, is_hrnet
+from .backbones import BackboneSpec, create_backbone, is_hrnet, quiet_timm
 from .cards import LOCAL_PREFIX, backbone_card, load_line
 from .errors import UserError
 from .evaluate.report import read_model_index
@@ -129,13 +128,8 @@ def _model_to_save(features: torch.nn.Module, spec: BackboneSpec) -> tuple[torch
 @torch.no_grad()
 def verify_export(folder: Path, features: torch.nn.Module, input_size: int) -> None:
     """Load the folder through the plain line users type and require bitwise-identical features."""
-    timm_logger = logging.getLogger("timm.models._builder")
-    level = timm_logger.level
-    timm_logger.setLevel(logging.ERROR)
-    try:
+    with quiet_timm():
         loaded = timm.create_model(f"{LOCAL_PREFIX}{folder}", pretrained=True, features_only=True).eval()
-    finally:
-        timm_logger.setLevel(level)
     was_training = features.training
     features.eval()
     x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))

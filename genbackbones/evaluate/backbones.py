@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import timm
 import torch
 from torch import nn
 
-from ..backbones import BackboneSpec, feature_kwargs
+from ..backbones import BackboneSpec, feature_kwargs, quiet_timm
 from ..errors import UserError, first_line
 from ..offline import hub_reachable
 
@@ -68,7 +66,7 @@ class ResolvedBackbone:
             torch.manual_seed(seed)
             return timm.create_model(self.arch, pretrained=False, **self.feature_kwargs)
         if self._template is None:
-            with _quiet_timm():
+            with quiet_timm():
                 self._template = timm.create_model(**self.load, **self.feature_kwargs).eval()
         return copy.deepcopy(self._template)
 
@@ -287,15 +285,3 @@ def _weights_description(b: ResolvedBackbone) -> str:
     if b.kind in ("timm", "imagenet"):
         return f"timm {b.provenance.get('timm_weights')} from {b.provenance.get('weights_file')}"
     return f"{b.kind} {b.provenance.get('folder', b.reference)}"
-
-
-@contextmanager
-def _quiet_timm():
-    """HRNet features_only warns about unused classifier weights when loading a full checkpoint."""
-    logger = logging.getLogger("timm.models._builder")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
