@@ -182,7 +182,8 @@ def compute_row(run: Pretraining, folder: Path, info: dict) -> dict:
     """What compute.json and the README record about one run."""
     return {"domain": run.domain, "backbone": run.name, "arch": run.arch, "method": run.method,
             "recipe": run.recipe if not run.recipe.startswith(str(REPO)) else str(Path(run.recipe).relative_to(REPO)),
-            "overrides": run.overrides, "folder": str(folder), "steps": info.get("steps"),
+            "overrides": run.overrides,
+            "folder": str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder), "steps": info.get("steps"),
             "images_seen": info.get("images_seen"), "flops_per_step": info.get("flops_per_step"),
             "flops": info.get("flops"), "train_seconds": info.get("train_seconds"),
             "median_step_seconds": info.get("median_step_seconds"),
@@ -327,7 +328,7 @@ def estimate(compute: list[dict], evaluated: dict[str, dict], domains: list[str]
 
 
 def readme(out: Path, compute: list[dict], missing_protocols: list[str], command: str, seconds: float,
-           tiny: bool, grid: list[Evaluation]) -> str:
+           tiny: bool, grid: list[Evaluation], not_run: list[str]) -> str:
     from genbackbones.evaluate.report import markdown_tables, summarise
 
     lines = ["# At equal compute: LayerMatch vs GH-Feat vs self-supervised learning vs random init", "",
@@ -346,6 +347,8 @@ def readme(out: Path, compute: list[dict], missing_protocols: list[str], command
                      f"{r['flops_per_step'] / 1e9:.1f} | {r['flops'] / 1e12:.3g} | {r['train_seconds'] / 60:.1f} min | "
                      f"{r['median_step_seconds']:.3f} s / {r['median_step_cpu_seconds']:.3f} s |")
     lines.append("")
+    if not_run:
+        lines += [f"Not run (no exported run, so not in any table below): {', '.join(not_run)}.", ""]
     if missing_protocols:
         lines += [f"Not evaluated: classification protocol(s) {', '.join(missing_protocols)} (this evaluator does "
                   "not have them yet).", ""]
@@ -387,6 +390,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help=f"results (default {RESULTS.relative_to(REPO)})")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-evaluation", action="store_true", help="pretraining runs only")
+    parser.add_argument("--report-only", action="store_true",
+                        help="neither train nor evaluate: write README.md and compute.json from the exported runs and "
+                             "the results already there, listing the runs that are missing")
     parser.add_argument("--tiny", action="store_true", help="the bundled domain, a few steps: the pipeline in minutes")
     return parser.parse_args(argv)
 
@@ -416,13 +422,17 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_faces.py"), "prepare"], check=True)
 
         runs = plan(domains, archs, methods, images, args.threads)
-        compute = []
+        compute, not_run = [], []
         for run in runs:
             folder = work / run.domain / run.name
-            compute.append(compute_row(run, folder, pretrain(run, folder, console)))
+            if args.report_only and read_info(folder).get("status") != "exported":
+                not_run.append(f"{run.domain}/{run.name}")
+                continue
+            info = read_info(folder) if args.report_only else pretrain(run, folder, console)
+            compute.append(compute_row(run, folder, info))
         protocols, missing = available_protocols()
         evaluated = {}
-        if not args.skip_evaluation:
+        if not (args.skip_evaluation or args.report_only):
             settings = TINY_SETTINGS if args.tiny else None
             for job in selected(evaluations(domains, protocols), args.tasks):
                 folders = [work / r.domain / r.name for r in runs if r.domain == job.domain]
@@ -434,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic.write_text(out / "compute.json", json.dumps({"command": command, "wall_seconds": round(seconds, 1),
                                                             "runs": compute}, indent=2) + "\n")
         atomic.write_text(out / "README.md", readme(out, compute, missing, command, seconds, args.tiny,
-                                                    evaluations(domains, protocols)))
+                                                    evaluations(domains, protocols), not_run))
         console.print(f"[green]written[/] {out}/README.md ({seconds / 60:.1f} min)")
         guess = estimate(compute, evaluated, list(DOMAINS), list(ARCHS), list(METHODS), protocols)
         console.print(

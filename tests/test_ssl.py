@@ -328,6 +328,13 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done earlier") == 2 + len(folders)
+    report = subprocess.run([*cmd[:cmd.index("--methods") + 1], "layermatch,simclr-real,byol-real",
+                             *cmd[cmd.index("--methods") + 2:], "--report-only"], capture_output=True, text=True,
+                            timeout=600)
+    assert report.returncode == 0 and "done earlier" not in report.stderr, report.stderr[-3000:]
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "Not run (no exported run, so not in any table below): faces/resnet18-byol-real." in readme
+    assert "## faces/segmentation" in readme and not (tmp_path / "runs" / "faces" / "resnet18-byol-real").exists()
 
 
 def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
