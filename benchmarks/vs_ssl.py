@@ -23,13 +23,17 @@ and evaluates them, with random init of each architecture, by the evaluator's pr
     python benchmarks/vs_ssl.py --domains faces     # one domain
     python benchmarks/vs_ssl.py --tiny              # the whole pipeline in minutes: a smoke test, not a
                                                     # measurement; prints the full run's estimated length
+    python benchmarks/vs_ssl.py --domains faces --tasks segmentation:16,hair_colour-knn
+                                                    # part of the evaluation grid (folder[:label counts])
+    python benchmarks/vs_ssl.py --report-only       # README.md and compute.json from what is there now
 
 Pretraining runs live in benchmarks/work/vs_ssl/runs/<domain>/<arch>-<method>/; a run already
 exported is skipped and an interrupted one resumed, so the benchmark can be continued across
 sessions (evaluations already written are skipped too). Results go to benchmarks/results/vs_ssl/:
 one folder per domain and task (results.json, summary.csv, a plot, model_index.json), compute.json
 (images seen, steps, FLOPs per step and in all, wall time and median step time of every run) and
-README.md with every table, the command and the measured wall time.
+README.md with every table, the command and the measured wall time. A NOTES.md beside that README (which
+commands ran in which sessions, what was left out) is copied into it.
 """
 
 from __future__ import annotations
@@ -349,6 +353,8 @@ def readme(out: Path, compute: list[dict], missing_protocols: list[str], command
     lines.append("")
     if not_run:
         lines += [f"Not run (no exported run, so not in any table below): {', '.join(not_run)}.", ""]
+    if (out / "NOTES.md").is_file():  # the person who ran it: which commands, in which sessions, what was left out
+        lines += ["## How these numbers were made", "", (out / "NOTES.md").read_text().strip(), ""]
     if missing_protocols:
         lines += [f"Not evaluated: classification protocol(s) {', '.join(missing_protocols)} (this evaluator does "
                   "not have them yet).", ""]
