@@ -45,6 +45,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -183,7 +184,16 @@ def pretrain(run: Pretraining, folder: Path, console: Console) -> dict:
 
 
 def compute_row(run: Pretraining, folder: Path, info: dict) -> dict:
-    """What compute.json and the README record about one run."""
+    """What compute.json and the README record about one run. Times come from metrics.jsonl, which holds every
+    step of the run: a run resumed across sessions by a version before the whole-run timing in run.json
+    recorded only its last session there."""
+    from genbackbones.engine.loop import read_metrics
+
+    steps = read_metrics(folder)
+    if steps:
+        info = {**info, "train_seconds": round(sum(h["seconds"] for h in steps), 1),
+                "median_step_seconds": statistics.median(h["seconds"] for h in steps),
+                "median_step_cpu_seconds": statistics.median(h["cpu_seconds"] for h in steps)}
     return {"domain": run.domain, "backbone": run.name, "arch": run.arch, "method": run.method,
             "recipe": run.recipe if not run.recipe.startswith(str(REPO)) else str(Path(run.recipe).relative_to(REPO)),
             "overrides": run.overrides,
@@ -343,8 +353,9 @@ def readme(out: Path, compute: list[dict], missing_protocols: list[str], command
                                                                       else ""), "",
              "Every run sees the same number of images (`train.images_seen`); FLOPs per step are counted by "
              "torch's FlopCounterMode over one training step (forward and backward of everything the step runs, "
-             "generator included; matrix products and convolutions).", "",
-             "| domain | backbone | steps | images seen | GFLOPs / step | TFLOPs in all | training wall time | "
+             "generator included; matrix products and convolutions). Times are the run's logged step times "
+             "(metrics.jsonl, every session of a resumed run; start-up, checkpoints and export not included).", "",
+             "| domain | backbone | steps | images seen | GFLOPs / step | TFLOPs in all | time in training steps | "
              "median step (wall / CPU) |", "|---|---|---|---|---|---|---|---|"]
     for r in compute:
         lines.append(f"| {r['domain']} | {r['backbone']} | {r['steps']} | {r['images_seen']} | "

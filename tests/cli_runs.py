@@ -3,7 +3,9 @@ kill-and-resume contract in the same way."""
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -39,5 +41,10 @@ def kill_and_resume(recipe: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after kill+resume"
     losses = [h["loss"] for h in read_metrics(tmp_path / "straight")]
-    assert losses == [h["loss"] for h in read_metrics(tmp_path / "killed")]
+    steps = read_metrics(tmp_path / "killed")
+    assert losses == [h["loss"] for h in steps]
+    # the resumed run's timing is the whole run's (every session), not the last session's
+    info = json.loads((tmp_path / "killed" / "run.json").read_text())
+    assert info["median_step_seconds"] == statistics.median(h["seconds"] for h in steps)
+    assert info["train_seconds"] >= round(sum(h["seconds"] for h in steps), 1) - 0.1
     return a

@@ -87,8 +87,13 @@ class Task(Protocol):
 @dataclass
 class LoopResult:
     steps_done: int
-    seconds: float
-    history: list[dict] = field(default_factory=list)
+    seconds: float  # this call's wall time: the steps since `start_step`
+    history: list[dict] = field(default_factory=list)  # every step of the run, earlier sessions' included
+
+    @property
+    def earlier_seconds(self) -> float:
+        """The step times logged before this call started (a resumed run's earlier sessions)."""
+        return sum(h["seconds"] for h in self.history[:len(self.history) - self.steps_done])
 
     @property
     def median_step_seconds(self) -> float | None:
@@ -281,7 +286,9 @@ def run_loop(accelerator: Accelerator, task: Task, cfg: TrainCfg, seed: int, run
     phases = task.phases()
     kill_after = os.environ.get(STOP_AFTER_ENV)
     t0 = time.perf_counter()
-    history: list[dict] = []
+    # a resumed run's earlier steps, so its median step and training time are the whole run's, not the last
+    # session's (metrics.jsonl holds every step up to the checkpoint; the main process writes it)
+    history: list[dict] = read_metrics(run_dir) if start_step and accelerator.is_main_process else []
     window: list[tuple[float, float]] = []
     with _progress(console, disable=not accelerator.is_main_process) as bar:
         bar_task = bar.add_task(description, total=cfg.steps, completed=start_step, status="")

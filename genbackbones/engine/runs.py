@@ -133,7 +133,8 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
         save_png(grid, run_dir / "samples.png")
         log_image(accelerator, "samples", grid, recipe.train.steps)
         extra = method.finish(task, prepared, recipe, run_dir)
-        info.update(status="trained", train_seconds=round(seconds, 1), steps=recipe.train.steps,
+        info.update(status="trained", train_seconds=round(seconds + result.earlier_seconds, 1),
+                    steps=recipe.train.steps,
                     images_seen=recipe.train.steps * info["images_per_step"],
                     flops=recipe.train.steps * info["flops_per_step"],
                     median_step_seconds=result.median_step_seconds,
