@@ -190,7 +190,7 @@ def compute_row(run: Pretraining, folder: Path, info: dict) -> dict:
     from genbackbones.engine.loop import read_metrics
 
     steps = read_metrics(folder)
-    if steps:
+    if steps and all("seconds" in h and "cpu_seconds" in h for h in steps):
         info = {**info, "train_seconds": round(sum(h["seconds"] for h in steps), 1),
                 "median_step_seconds": statistics.median(h["seconds"] for h in steps),
                 "median_step_cpu_seconds": statistics.median(h["cpu_seconds"] for h in steps)}

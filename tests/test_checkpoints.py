@@ -254,3 +254,17 @@ def test_sample_grid_is_reproducible_and_saves_seeds(tiny_folder, tmp_path):
 def test_sample_reports_user_errors(tiny_folder, tmp_path):
     result = runner.invoke(app, ["generator", "sample", str(tiny_folder), "--class-idx", "3", "--out", str(tmp_path / "g.png")])
     assert result.exit_code == 2 and result.stderr.startswith("error: --class-idx 3 does not fit")
+
+
+def test_a_resumed_runs_timing_covers_every_session_and_older_metric_lines():
+    """LoopResult of a run resumed at step 2 of 4: the earlier steps count towards the time and the median; lines
+    written by a version without `cpu_seconds` (or `seconds`) are skipped, not a KeyError after training."""
+    from genbackbones.engine.loop import LoopResult
+
+    earlier = [{"step": 1, "seconds": 10.0}, {"step": 2, "seconds": 30.0, "cpu_seconds": 3.0}]
+    this_session = [{"step": 3, "seconds": 1.0, "cpu_seconds": 1.0}, {"step": 4, "seconds": 2.0, "cpu_seconds": 2.0}]
+    result = LoopResult(steps_done=2, seconds=3.5, history=earlier + this_session)
+    assert result.earlier_seconds == 40.0
+    assert result.median_step_seconds == 6.0  # median of 10, 30, 1, 2
+    assert result.median_step_cpu_seconds == 2.0  # median of 3, 1, 2
+    assert LoopResult(steps_done=2, seconds=3.5, history=this_session).earlier_seconds == 0.0

@@ -93,19 +93,19 @@ class LoopResult:
     @property
     def earlier_seconds(self) -> float:
         """The step times logged before this call started (a resumed run's earlier sessions)."""
-        return sum(h["seconds"] for h in self.history[:len(self.history) - self.steps_done])
+        return sum(h.get("seconds", 0.0) for h in self.history[:len(self.history) - self.steps_done])
 
     @property
     def median_step_seconds(self) -> float | None:
         """The typical step (the median: the first step's warm-up and checkpoint saves do not count)."""
-        times = [h["seconds"] for h in self.history]
+        times = [h["seconds"] for h in self.history if "seconds" in h]  # lines of older versions may lack it
         return statistics.median(times) if times else None
 
     @property
     def median_step_cpu_seconds(self) -> float | None:
         """The typical step in CPU time of this process: on a machine shared with other jobs, what the step
         costs rather than how long it waited (with one torch thread, the wall time of an idle machine)."""
-        times = [h["cpu_seconds"] for h in self.history]
+        times = [h["cpu_seconds"] for h in self.history if "cpu_seconds" in h]
         return statistics.median(times) if times else None
 
 
