@@ -107,8 +107,10 @@ def _model_to_save(features: torch.nn.Module, spec: BackboneSpec) -> tuple[torch
     HRNet's features model is its own timm class, saved as is (only trained modules).
     Other architectures are wrapped by timm's FeatureListNet, which has no model
     config; their weights go into the headless model (num_classes=0), whose keys are
-    the same unless `out_indices` cut the network short (then the modules past the
-    last level were not trained and the load cannot be strict).
+    the same unless `out_indices` cut the network short. Then the modules past the
+    last level were never trained: they are saved as NaN, so the plain line (which
+    prunes them again) loads strictly and gives the trained levels, and a user who
+    asks timm for more levels gets NaN features instead of plausible random ones.
     """
     if is_hrnet(spec.arch):
         features.num_classes = 0  # a headless feature extractor (the class keeps timm's default 1000)
@@ -121,7 +123,11 @@ def _model_to_save(features: torch.nn.Module, spec: BackboneSpec) -> tuple[torch
     model_args = {"features_only": True}
     if spec.out_indices is not None:
         model_args["out_indices"] = list(spec.out_indices)
-    model_args["pretrained_strict"] = not result.missing_keys
+    untrained = full.state_dict()
+    for key in result.missing_keys:
+        if untrained[key].is_floating_point():
+            untrained[key].fill_(float("nan"))  # shares storage with the parameter or buffer
+    model_args["pretrained_strict"] = True
     return full, model_args
 
 

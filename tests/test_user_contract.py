@@ -133,6 +133,29 @@ def test_export_command_and_config_follow_timm_conventions(runs, tmp_path):
     assert config["genbackbones"]["method"] == "layermatch" and config["genbackbones"]["images_seen"] == 12
 
 
+def test_an_export_cut_short_by_out_indices_loads_strictly_and_never_gives_untrained_levels(tmp_path):
+    """out_indices [1, 2]: layers 3-4 were never trained. The plain line gives the trained levels (strict load);
+    asking timm for more levels gives NaN there, never plausible random features."""
+    recipe = tmp_path / "resnet.yaml"
+    recipe.write_text(RESNET)
+    proc = run_cli("pretrain", str(recipe), "--set", "backbone.out_indices=[1,2]", "-o", "run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = timm_line(proc.stdout)
+    assert save_trained_features(tmp_path / "run", tmp_path / "expected.pt") == [64, 128]
+    assert run_as_typed(f"model = {line}", tmp_path / "expected.pt") == [64, 128]
+    config = json.loads((tmp_path / "run" / "export" / "config.json").read_text())
+    assert config["model_args"]["pretrained_strict"] is True and config["model_args"]["out_indices"] == [1, 2]
+    script = textwrap.dedent(f"""
+        import timm, torch
+        model = {line.replace("features_only=True", "features_only=True, out_indices=(1, 2, 3, 4)")}.eval()
+        levels = model(torch.randn(1, 3, 32, 32))
+        print([bool(torch.isnan(f).all()) for f in levels])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["[False,", "False,", "True,", "True]"]
+
+
 def test_run_folder_recipe_is_resolved_and_holds_only_the_methods_sections(runs):
     saved = yaml.safe_load((runs["hrnet"][0] / "recipe.yaml").read_text())
     assert set(saved) == {"name", "description", "method", "seed", "generator", "backbone", "train", "layermatch",
