@@ -47,12 +47,14 @@ def run_measured(tmp_path: Path, name: str, *args: str) -> int:
 
 def test_layermatch_hrnet_w18_ffhq256_runs_two_steps_and_memory_per_image(tmp_path):
     peaks = {b: run_measured(tmp_path, f"lm-b{b}", "layermatch/hrnet_w18-ffhq256", *OFFLINE,
-                             "--set", "backbone.init=random", "--set", f"train.batch_size={b}") for b in (1, 2)}
-    per_image_gib = (peaks[2] - peaks[1]) / 2**20
+                             "--set", "backbone.init=random", "--set", f"train.batch_size={b}") for b in (1, 4)}
+    # batch 1 and 4, not 2: the process's peak also has phases that do not depend on the batch (building, export
+    # check), and at batch 2 the training step's peak was sometimes below them (a difference of exactly 0)
+    per_image_gib = (peaks[4] - peaks[1]) / 3 / 2**20
     print(f"layermatch hrnet_w18 256 px: peak RSS {peaks[1] / 2**20:.2f} GiB at batch 1, "
-          f"{peaks[2] / 2**20:.2f} GiB at batch 2 -> {per_image_gib:.2f} GiB per image")
-    assert (tmp_path / "lm-b2" / "export" / "config.json").exists()
-    recipe = (tmp_path / "lm-b2" / "recipe.yaml").read_text()
+          f"{peaks[4] / 2**20:.2f} GiB at batch 4 -> {per_image_gib:.2f} GiB per image")
+    assert (tmp_path / "lm-b4" / "export" / "config.json").exists()
+    recipe = (tmp_path / "lm-b4" / "recipe.yaml").read_text()
     assert "mixed_precision: bf16" in recipe and "arch: hrnet_w18\n" in recipe
     assert 0 < per_image_gib < 4
 
