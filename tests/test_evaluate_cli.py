@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from huggingface_hub import EvalResult
-from PIL import Image
 from typer.testing import CliRunner
 
 from genbackbones.cli import app
@@ -19,6 +17,7 @@ from genbackbones.evaluate import run_evaluation
 from genbackbones.evaluate.report import merge_into_run, model_index, summarise, write_outputs
 
 from .test_evaluate_backbones import make_tiny_run, offline_env, write_standin_cache
+from .test_evaluate_data import write_five_class_masks
 
 
 @pytest.fixture(scope="session")
@@ -215,14 +214,7 @@ def test_cli_on_real_layouts_records_normalisation_flips_and_the_mean_shape(tiny
     assert {r["backbone"] for r in results["runs"]} == {tiny_run.name, "mean shape"}
     assert "mean shape" in (out / "summary.csv").read_text()
 
-    masks = tmp_path / "five"
-    (masks / "images").mkdir(parents=True)
-    (masks / "masks").mkdir()
-    for i in range(10):
-        mask = np.zeros((32, 32), np.uint8)
-        mask[8:16, 4:12], mask[8:16, 20:28], mask[20:24, 8:24], mask[26:, :] = 1, 2, 3, 4
-        Image.fromarray(mask, mode="L").save(masks / "masks" / f"{i}.png")
-        Image.fromarray((mask * 50 + i).astype(np.uint8)).convert("RGB").save(masks / "images" / f"{i}.png")
+    masks = write_five_class_masks(tmp_path / "five", 10)
     out = tmp_path / "seg-eval"
     result = runner.invoke(app, ["evaluate", str(tiny_run), "--task", "segmentation", "--data", str(masks),
                                  "--labels", "4", "--seeds", "1", "--baselines", "none", "--out", str(out), *tiny])

@@ -523,15 +523,20 @@ def test_celebamask_palette_masks_with_classes_file_keep_l_eye_on_the_left_after
         assert (m == l_eye).sum() > 0
 
 
-def test_unnamed_masks_with_five_classes_turn_flips_off_and_say_why(tmp_path):
-    root = tmp_path / "five"
+def write_five_class_masks(root: Path, n: int) -> Path:
+    """N 32 px image/mask pairs in ROOT/images and ROOT/masks: index masks with 5 classes and no class names."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
-    for i in range(6):
+    for i in range(n):
         mask = np.zeros((32, 32), np.uint8)
         mask[8:16, 4:12], mask[8:16, 20:28], mask[20:24, 8:24], mask[26:, :] = 1, 2, 3, 4
         Image.fromarray(mask, mode="L").save(root / "masks" / f"{i}.png")
         Image.fromarray((mask * 50 + i).astype(np.uint8)).convert("RGB").save(root / "images" / f"{i}.png")
+    return root
+
+
+def test_unnamed_masks_with_five_classes_turn_flips_off_and_say_why(tmp_path):
+    root = write_five_class_masks(tmp_path / "five", 6)
     data = load_data(options(root), "segmentation")
     assert data.schema.classes == tuple(f"class_{i}" for i in range(5))
     assert not data.schema.mirror_known
