@@ -30,10 +30,13 @@ and evaluates them, with random init of each architecture, by the evaluator's pr
 Pretraining runs live in benchmarks/work/vs_ssl/runs/<domain>/<arch>-<method>/; a run already
 exported is skipped and an interrupted one resumed, so the benchmark can be continued across
 sessions (evaluations already written are skipped too). Results go to benchmarks/results/vs_ssl/:
-one folder per domain and task (results.json, summary.csv, a plot, model_index.json), compute.json
+one folder per domain, architecture and task (<domain>/<arch>/<task>/: results.json, summary.csv, a plot,
+model_index.json; each architecture is compared with its own random init), compute.json
 (images seen, steps, FLOPs per step and in all, wall time and median step time of every run) and
 README.md with every table, the command and the measured wall time. A NOTES.md beside that README (which
-commands ran in which sessions, what was left out) is copied into it.
+commands ran in which sessions, what was left out) is copied into it. `--report-only` keeps the compute.json
+row of a run whose folder is not on this machine (trained in an earlier session, on another machine): the run
+folders are git-ignored, the evaluations made from them are committed.
 """
 
 from __future__ import annotations
@@ -183,6 +186,14 @@ def pretrain(run: Pretraining, folder: Path, console: Console) -> dict:
     return info
 
 
+def recorded_rows(out: Path) -> dict[tuple[str, str], dict]:
+    """compute.json's rows by (domain, backbone): what `--report-only` keeps for a run trained in an earlier
+    session whose (git-ignored) folder is not on this machine."""
+    path = out / "compute.json"
+    rows = json.loads(path.read_text())["runs"] if path.is_file() else []
+    return {(r["domain"], r["backbone"]): r for r in rows}
+
+
 def compute_row(run: Pretraining, folder: Path, info: dict) -> dict:
     """What compute.json and the README record about one run. Times come from metrics.jsonl, which holds every
     step of the run: a run resumed across sessions by a version before the whole-run timing in run.json
@@ -262,27 +273,34 @@ def selected(jobs: list[Evaluation], tasks: str | None) -> list[Evaluation]:
     return [replace(j, labels=wanted[j.folder] or j.labels) for j in jobs if j.folder in wanted]
 
 
-def evaluate(job: Evaluation, runs: list[Path], out: Path, labels: str, seeds: int, settings: list[str],
+def results_folder(out: Path, job: Evaluation, arch: str) -> Path:
+    """Where one evaluation's results live: one table per domain, architecture and task (an architecture is
+    compared with its own random init; ResNet-18 and HRNet rows side by side would compare architectures)."""
+    return out / job.domain / arch / job.folder
+
+
+def evaluate(job: Evaluation, arch: str, runs: list[Path], out: Path, labels: str, seeds: int, settings: list[str],
              baselines: list[str], device: str, console: Console) -> dict:
-    """One task x protocol for every run of the domain (+ baselines); skipped when its results exist."""
+    """One task x protocol for every run of the domain and architecture (+ baselines, random init of that
+    architecture); skipped when its results exist."""
     from genbackbones.evaluate import run_evaluation
     from genbackbones.evaluate.data import DataOptions
     from genbackbones.evaluate.report import write_outputs
 
-    folder = out / job.domain / job.folder
+    folder = results_folder(out, job, arch)
     expected = sorted(str(r) for r in runs)
     if (folder / "results.json").is_file():
         results = json.loads((folder / "results.json").read_text())
         if sorted(results.get("benchmark", {}).get("runs", [])) == expected:
-            console.print(f"[dim]{job.domain}/{job.folder}: done earlier[/]")
+            console.print(f"[dim]{job.domain}/{arch}/{job.folder}: done earlier[/]")
             return results
     data = DataOptions("faces", 64, target=job.target) if job.domain == "faces" else \
         DataOptions(str(UTKFACE_WORK / "eval"), 64, target=job.target)
-    console.print(f"[bold]{job.domain}/{job.folder}[/]: {len(runs)} runs + baselines {','.join(baselines) or '-'}")
+    console.print(f"[bold]{job.domain}/{arch}/{job.folder}[/]: {len(runs)} runs + baselines {','.join(baselines) or '-'}")
     results = run_evaluation([str(r) for r in runs], job.task, data=data, labels=labels, seeds=seeds,
                              baselines=baselines, overrides=settings, protocol=job.protocol, device=device,
                              console=console)
-    results["benchmark"] = {"runs": expected, "domain": job.domain}
+    results["benchmark"] = {"runs": expected, "domain": job.domain, "arch": arch}
     write_outputs(results, folder)
     return results
 
@@ -342,7 +360,7 @@ def estimate(compute: list[dict], evaluated: dict[str, dict], domains: list[str]
 
 
 def readme(out: Path, compute: list[dict], missing_protocols: list[str], command: str, seconds: float,
-           tiny: bool, grid: list[Evaluation], not_run: list[str]) -> str:
+           tiny: bool, grid: list[Evaluation], archs: list[str], not_run: list[str]) -> str:
     from genbackbones.evaluate.report import markdown_tables, summarise
 
     lines = ["# At equal compute: LayerMatch vs GH-Feat vs self-supervised learning vs random init", "",
@@ -369,13 +387,14 @@ def readme(out: Path, compute: list[dict], missing_protocols: list[str], command
     if missing_protocols:
         lines += [f"Not evaluated: classification protocol(s) {', '.join(missing_protocols)} (this evaluator does "
                   "not have them yet).", ""]
-    not_run = [f"{j.domain}/{j.folder}" for j in grid if not (out / j.domain / j.folder / "results.json").is_file()]
+    not_run = [f"{j.domain}/{a}/{j.folder}" for j in grid for a in archs
+               if not (results_folder(out, j, a) / "results.json").is_file()]
     if not_run:
         lines += [f"Not evaluated (left out of the runs above, e.g. by `--tasks`): {', '.join(not_run)}.", ""]
-    for path in sorted(out.glob("*/*/results.json")):
+    for path in sorted(out.glob("*/*/*/results.json")):
         results = json.loads(path.read_text())
         results["summary"] = summarise(results)
-        folder = f"{path.parent.parent.name}/{path.parent.name}"
+        folder = path.parent.relative_to(out).as_posix()
         timing = results["timing"]
         tables = markdown_tables(results, folder).split("\n", 2)[2]
         lines += [f"## {folder}", "", f"Data: {results['data']['summary']}. Labels "
@@ -440,10 +459,14 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = plan(domains, archs, methods, images, args.threads)
         compute, not_run = [], []
+        recorded = recorded_rows(out)
         for run in runs:
             folder = work / run.domain / run.name
             if args.report_only and read_info(folder).get("status") != "exported":
-                not_run.append(f"{run.domain}/{run.name}")
+                if (run.domain, run.name) in recorded:
+                    compute.append(recorded[(run.domain, run.name)])
+                else:
+                    not_run.append(f"{run.domain}/{run.name}")
                 continue
             info = read_info(folder) if args.report_only else pretrain(run, folder, console)
             compute.append(compute_row(run, folder, info))
@@ -452,16 +475,19 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.skip_evaluation or args.report_only):
             settings = TINY_SETTINGS if args.tiny else None
             for job in selected(evaluations(domains, protocols), args.tasks):
-                folders = [work / r.domain / r.name for r in runs if r.domain == job.domain]
-                labels = args.labels or ("4" if args.tiny else job.labels)
-                results = evaluate(job, folders, out, labels, seeds, settings or FULL_SETTINGS[job.domain],
-                                   [b for b in args.baselines.split(",") if b and b != "none"], args.device, console)
-                evaluated[f"{job.domain}/{job.folder}"] = results
+                for arch in archs:
+                    folders = [work / r.domain / r.name for r in runs if r.domain == job.domain and r.arch == arch]
+                    labels = args.labels or ("4" if args.tiny else job.labels)
+                    results = evaluate(job, arch, folders, out, labels, seeds,
+                                       settings or FULL_SETTINGS[job.domain],
+                                       [b for b in args.baselines.split(",") if b and b != "none"], args.device,
+                                       console)
+                    evaluated[f"{job.domain}/{arch}/{job.folder}"] = results
         seconds = time.perf_counter() - started
         atomic.write_text(out / "compute.json", json.dumps({"command": command, "wall_seconds": round(seconds, 1),
                                                             "runs": compute}, indent=2) + "\n")
         atomic.write_text(out / "README.md", readme(out, compute, missing, command, seconds, args.tiny,
-                                                    evaluations(domains, protocols), not_run))
+                                                    evaluations(domains, protocols), archs, not_run))
         console.print(f"[green]written[/] {out}/README.md ({seconds / 60:.1f} min)")
         guess = estimate(compute, evaluated, list(DOMAINS), list(ARCHS), list(METHODS), protocols)
         console.print(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -319,12 +320,12 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     assert [r["backbone"] for r in compute["runs"]] == ["resnet18-layermatch", "resnet18-simclr-real"]
     for r in compute["runs"]:
         assert r["steps"] == 2 and r["images_seen"] == 32 and r["flops_per_step"] > 1e9 and r["train_seconds"] > 0
-    folders = {p.parent.name for p in (tmp_path / "out" / "faces").glob("*/results.json")}
+    folders = {p.parent.name for p in (tmp_path / "out" / "faces" / "resnet18").glob("*/results.json")}
     assert {"segmentation", "landmarks", "hair_colour-linear", "hair_colour-finetune"} <= folders
-    seg = json.loads((tmp_path / "out" / "faces" / "segmentation" / "results.json").read_text())
+    seg = json.loads((tmp_path / "out" / "faces" / "resnet18" / "segmentation" / "results.json").read_text())
     assert [b["name"] for b in seg["backbones"]] == ["resnet18-layermatch", "resnet18-simclr-real", "random init"]
     readme = (tmp_path / "out" / "README.md").read_text()
-    assert "| faces | resnet18-simclr-real | 2 | 32 |" in readme and "## faces/segmentation" in readme
+    assert "| faces | resnet18-simclr-real | 2 | 32 |" in readme and "## faces/resnet18/segmentation" in readme
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done earlier") == 2 + len(folders)
@@ -334,7 +335,15 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     assert report.returncode == 0 and "done earlier" not in report.stderr, report.stderr[-3000:]
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "Not run (no exported run, so not in any table below): faces/resnet18-byol-real." in readme
-    assert "## faces/segmentation" in readme and not (tmp_path / "runs" / "faces" / "resnet18-byol-real").exists()
+    assert "## faces/resnet18/segmentation" in readme
+    assert not (tmp_path / "runs" / "faces" / "resnet18-byol-real").exists()
+    # a run folder gone (git-ignored, trained on another machine): --report-only keeps its recorded row
+    shutil.rmtree(tmp_path / "runs" / "faces" / "resnet18-simclr-real")
+    report = subprocess.run([*cmd, "--report-only"], capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    kept = json.loads((tmp_path / "out" / "compute.json").read_text())
+    assert kept["runs"] == compute["runs"]
+    assert "| faces | resnet18-simclr-real | 2 | 32 |" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
