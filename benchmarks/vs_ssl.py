@@ -34,9 +34,10 @@ one folder per domain, architecture and task (<domain>/<arch>/<task>/: results.j
 model_index.json; each architecture is compared with its own random init), compute.json
 (images seen, steps, FLOPs per step and in all, wall time and median step time of every run) and
 README.md with every table, the command and the measured wall time. A NOTES.md beside that README (which
-commands ran in which sessions, what was left out) is copied into it. `--report-only` keeps the compute.json
-row of a run whose folder is not on this machine (trained in an earlier session, on another machine): the run
-folders are git-ignored, the evaluations made from them are committed.
+commands ran in which sessions, what was left out) is copied into it. compute.json keeps the rows of runs
+outside this call's domains, architectures and methods, and `--report-only` the row of a run whose folder is not
+on this machine (trained in an earlier session, on another machine): the run folders are git-ignored, the
+evaluations made from them are committed.
 """
 
 from __future__ import annotations
@@ -470,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             info = read_info(folder) if args.report_only else pretrain(run, folder, console)
             compute.append(compute_row(run, folder, info))
+        planned = {(r.domain, r.name) for r in runs}  # runs of other domains, archs or methods stay recorded
+        compute += [row for key, row in recorded.items() if key not in planned]
         protocols, missing = available_protocols()
         evaluated = {}
         if not (args.skip_evaluation or args.report_only):

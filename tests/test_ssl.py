@@ -344,6 +344,11 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     kept = json.loads((tmp_path / "out" / "compute.json").read_text())
     assert kept["runs"] == compute["runs"]
     assert "| faces | resnet18-simclr-real | 2 | 32 |" in (tmp_path / "out" / "README.md").read_text()
+    # a call for part of the grid (here one method) keeps the other runs' rows
+    part = subprocess.run([*cmd[:cmd.index("--methods") + 1], "layermatch", *cmd[cmd.index("--methods") + 2:],
+                           "--report-only"], capture_output=True, text=True, timeout=600)
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "compute.json").read_text())["runs"] == compute["runs"]
 
 
 def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
