@@ -65,3 +65,16 @@ def load_fixture(path: Path) -> dict:
         "expected": load_file(path / "expected.safetensors"),
     }
 
+
+def _whole_file_slow(item: pytest.Item) -> bool:
+    marks = getattr(item.module, "pytestmark", []) if item.module is not None else []
+    return any(m.name == "slow" for m in (marks if isinstance(marks, list) else [marks]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files marked slow as a whole (test_real_scale.py: minutes of 256 px bf16 steps) run first. With
+    `--dist loadfile --no-loadscope-reorder` (pyproject.toml) pytest-xdist hands files to the workers in
+    collection order; by default it reorders them by their number of tests, and test_real_scale.py's two
+    tests ran last, one worker alone with them for minutes after the other had finished. The sort is stable:
+    the order inside a file (the docs blocks') and of the other files is kept."""
+    items.sort(key=lambda item: not _whole_file_slow(item))
