@@ -29,10 +29,11 @@ and evaluates them, with random init of each architecture, by the evaluator's pr
 
 Pretraining runs live in benchmarks/work/vs_ssl/runs/<domain>/<arch>-<method>/; a run already
 exported is skipped and an interrupted one resumed, so the benchmark can be continued across
-sessions (evaluations already written are skipped too). Results go to benchmarks/results/vs_ssl/:
-one folder per domain, architecture and task (<domain>/<arch>/<task>/: results.json, summary.csv, a plot,
-model_index.json; each architecture is compared with its own random init), compute.json
-(images seen, steps, FLOPs per step and in all, wall time and median step time of every run) and
+sessions: an evaluation already written is not redone, only the runs and label counts its table lacks are
+computed and merged into it (a run added later is evaluated alone, beside rows made on another machine).
+Results go to benchmarks/results/vs_ssl/: one folder per domain, architecture and task
+(<domain>/<arch>/<task>/: results.json, summary.csv, a plot, model_index.json; each architecture is compared
+with its own random init), compute.json (images seen, steps, FLOPs per step and in all, wall time and median step time of every run) and
 README.md with every table, the command and the measured wall time. A NOTES.md beside that README (which
 commands ran in which sessions, what was left out) is copied into it. compute.json keeps the rows of runs
 outside this call's domains, architectures and methods, and `--report-only` the row of a run whose folder is not
@@ -283,27 +284,105 @@ def results_folder(out: Path, job: Evaluation, arch: str) -> Path:
 def evaluate(job: Evaluation, arch: str, runs: list[Path], out: Path, labels: str, seeds: int, settings: list[str],
              baselines: list[str], device: str, console: Console) -> dict:
     """One task x protocol for every run of the domain and architecture (+ baselines, random init of that
-    architecture); skipped when its results exist."""
-    from genbackbones.evaluate import run_evaluation
-    from genbackbones.evaluate.data import DataOptions
+    architecture). What its results.json already holds is not computed again: only the runs and label counts it
+    lacks are, and merged into it (`merge_results`), so a later session can add a run (whose earlier siblings'
+    folders may be on another machine) or a label count without redoing the rest."""
+    from genbackbones.evaluate import parse_labels
     from genbackbones.evaluate.report import write_outputs
 
     folder = results_folder(out, job, arch)
-    expected = sorted(str(r) for r in runs)
-    if (folder / "results.json").is_file():
-        results = json.loads((folder / "results.json").read_text())
-        if sorted(results.get("benchmark", {}).get("runs", [])) == expected:
+    old = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else None
+    wanted = parse_labels(labels)
+    if old is None or old["seeds"] != list(range(seeds)) or "all" in wanted:
+        parts = [_evaluate(job, arch, runs, labels, seeds, settings, baselines, device, console)]
+    else:
+        recorded = {Path(r).name for r in old["benchmark"]["runs"]}
+        new_runs = [r for r in runs if r.name not in recorded]
+        new_labels = sorted(set(wanted) - set(old["labels"]))
+        if not new_runs and not new_labels:
             console.print(f"[dim]{job.domain}/{arch}/{job.folder}: done earlier[/]")
-            return results
-    data = DataOptions("faces", 64, target=job.target) if job.domain == "faces" else \
-        DataOptions(str(UTKFACE_WORK / "eval"), 64, target=job.target)
-    console.print(f"[bold]{job.domain}/{arch}/{job.folder}[/]: {len(runs)} runs + baselines {','.join(baselines) or '-'}")
-    results = run_evaluation([str(r) for r in runs], job.task, data=data, labels=labels, seeds=seeds,
-                             baselines=baselines, overrides=settings, protocol=job.protocol, device=device,
-                             console=console)
-    results["benchmark"] = {"runs": expected, "domain": job.domain, "arch": arch}
+            return old
+        parts = [old]
+        if new_runs:  # at the label counts already there; the baselines are there too
+            parts.append(_evaluate(job, arch, new_runs, ",".join(map(str, old["labels"])), seeds, settings, [],
+                                   device, console))
+        if new_labels:  # every run of the table and the baselines at the new counts: their folders must be here
+            here = {r.name for r in runs if read_info(r).get("status") == "exported"}
+            absent = sorted(({r.name for r in runs} | recorded) - here)
+            if absent:
+                raise UserError(f"{job.domain}/{arch}/{job.folder}: labels {','.join(map(str, new_labels))} need "
+                                f"every run of its table exported here, and {', '.join(absent)} is not; train it "
+                                "(name it in --methods) or leave those label counts out")
+            parts.append(_evaluate(job, arch, runs, ",".join(map(str, new_labels)), seeds, settings, baselines,
+                                   device, console))
+    results = merge_results(parts)
+    runs_before = parts[0]["benchmark"]["runs"] if len(parts) > 1 else []
+    kept = [r for r in runs_before if Path(r).name not in {p.name for p in runs}]
+    results["benchmark"] = {"runs": sorted(kept + [str(r) for r in runs]), "domain": job.domain, "arch": arch}
     write_outputs(results, folder)
     return results
+
+
+def _evaluate(job: Evaluation, arch: str, runs: list[Path], labels: str, seeds: int, settings: list[str],
+              baselines: list[str], device: str, console: Console) -> dict:
+    """The evaluator on these runs and label counts, on the domain's evaluation data."""
+    from genbackbones.evaluate import run_evaluation
+    from genbackbones.evaluate.data import DataOptions
+
+    data = DataOptions("faces", 64, target=job.target) if job.domain == "faces" else \
+        DataOptions(str(UTKFACE_WORK / "eval"), 64, target=job.target)
+    console.print(f"[bold]{job.domain}/{arch}/{job.folder}[/]: {len(runs)} runs + baselines "
+                  f"{','.join(baselines) or '-'}, labels {labels}")
+    return run_evaluation([str(r) for r in runs], job.task, data=data, labels=labels, seeds=seeds,
+                          baselines=baselines, overrides=settings, protocol=job.protocol, device=device,
+                          console=console)
+
+
+# fields that must agree for two evaluations' rows to sit in one table
+_SAME = ("format", "task", "protocol", "metrics", "seeds", "settings", "data")
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """Several evaluations of one task on the same data, settings and seeds -> one results dict: the union of their
+    backbones, label counts and rows. The rows are independent (a labelled subset depends only on its count and
+    seed, and each subset is checked to be the same in every part), so the merge is exact; what each part was
+    (command, date, versions, time) stays in `parts`. A row present twice is an error, not a silent choice."""
+    first = parts[0]
+    for part in parts[1:]:
+        for key in _SAME:
+            if part[key] != first[key]:
+                raise UserError(f"cannot merge evaluations of {first['task']}: their {key!r} differ; evaluate into a "
+                                "new --out folder instead")
+    subsets, backbones, unavailable, rows = {}, {}, {}, {}
+    for part in parts:
+        for n, by_seed in part["subsets"].items():
+            if subsets.setdefault(n, by_seed) != by_seed:
+                raise UserError(f"cannot merge: the {n}-label subsets differ between the evaluations")
+        for b in part["backbones"]:
+            backbones.setdefault(b["name"], b)
+        for u in part["unavailable"]:
+            unavailable.setdefault(u["name"], u)
+        for r in part["runs"]:
+            key = (r["backbone"], r["labels"], r["seed"])
+            if key in rows:
+                raise UserError(f"cannot merge: {key[0]} at {key[1]} labels, seed {key[2]} is in two evaluations")
+            rows[key] = r
+    history = [p for part in parts for p in part.get("parts", [_part(part)])]
+    first = {k: v for k, v in first.items() if k != "summary"}  # write_outputs makes it from the merged rows
+    return {**first, "labels": sorted({n for p in parts for n in p["labels"]}),
+            "subsets": dict(sorted(subsets.items(), key=lambda kv: int(kv[0]))),
+            "backbones": list(backbones.values()), "unavailable": list(unavailable.values()),
+            "runs": list(rows.values()),
+            "timing": {**first["timing"], "total_seconds": round(sum(p["total_seconds"] for p in history), 1)},
+            "parts": history}
+
+
+def _part(results: dict) -> dict:
+    """What one evaluation was, kept when it is merged with others."""
+    return {"command": results["command"], "created": results["created"], "versions": results["versions"],
+            "labels": results["labels"], "backbones": [b["name"] for b in results["backbones"]],
+            "total_seconds": results["timing"]["total_seconds"], "device": results["timing"]["device"],
+            "torch_threads": results["timing"]["torch_threads"]}
 
 
 # ----------------------------------------------------------------------------- report and estimate
@@ -477,10 +556,13 @@ def main(argv: list[str] | None = None) -> int:
         evaluated = {}
         if not (args.skip_evaluation or args.report_only):
             settings = TINY_SETTINGS if args.tiny else None
-            for job in selected(evaluations(domains, protocols), args.tasks):
+            grid = evaluations(domains, protocols)
+            if args.tiny:
+                grid = [replace(j, labels="4") for j in grid]
+            for job in selected(grid, args.tasks):  # label counts: --labels, else --tasks', else the grid's
                 for arch in archs:
                     folders = [work / r.domain / r.name for r in runs if r.domain == job.domain and r.arch == arch]
-                    labels = args.labels or ("4" if args.tiny else job.labels)
+                    labels = args.labels or job.labels
                     results = evaluate(job, arch, folders, out, labels, seeds,
                                        settings or FULL_SETTINGS[job.domain],
                                        [b for b in args.baselines.split(",") if b and b != "none"], args.device,

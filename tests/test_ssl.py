@@ -349,6 +349,35 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
                            "--report-only"], capture_output=True, text=True, timeout=600)
     assert part.returncode == 0, part.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "compute.json").read_text())["runs"] == compute["runs"]
+    # a run added later (its siblings' folders gone): only its rows are computed, merged into the table
+    seg_path = tmp_path / "out" / "faces" / "resnet18" / "segmentation" / "results.json"
+    add = [*cmd[:cmd.index("--methods") + 1], "layermatch,byol-real", *cmd[cmd.index("--methods") + 2:]]
+    added = subprocess.run([*add, "--tasks", "segmentation"], capture_output=True, text=True, timeout=600)
+    assert added.returncode == 0, added.stderr[-3000:]
+    assert "1 runs + baselines -, labels 4" in added.stderr
+    merged = json.loads(seg_path.read_text())
+    assert [b["name"] for b in merged["backbones"]] == [*(b["name"] for b in seg["backbones"]), "resnet18-byol-real"]
+    assert merged["runs"][:len(seg["runs"])] == seg["runs"] and len(merged["runs"]) == len(seg["runs"]) + 1
+    assert [p["backbones"] for p in merged["parts"]] == [[b["name"] for b in seg["backbones"]], ["resnet18-byol-real"]]
+    assert {Path(r).name for r in merged["benchmark"]["runs"]} == {"resnet18-layermatch", "resnet18-simclr-real",
+                                                                    "resnet18-byol-real"}
+    # a new label count needs every run of the table: refused while simclr-real's folder is gone
+    refused = subprocess.run([*add, "--tasks", "segmentation:2"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "error: faces/resnet18/segmentation: labels 2 need every run of its table exported here, and " \
+           "resnet18-simclr-real is not" in " ".join(refused.stderr.split())
+    assert json.loads(seg_path.read_text()) == merged
+    # ... and computed for every run and the baseline, the earlier rows kept, once it is back
+    three = [*cmd[:cmd.index("--methods") + 1], "layermatch,simclr-real,byol-real", *cmd[cmd.index("--methods") + 2:]]
+    more = subprocess.run([*three, "--tasks", "segmentation:2"], capture_output=True, text=True, timeout=900)
+    assert more.returncode == 0, more.stderr[-3000:]
+    wider = json.loads(seg_path.read_text())
+    assert wider["labels"] == [2, 4] and len(wider["parts"]) == 3
+    assert wider["runs"][:len(merged["runs"])] == merged["runs"]
+    assert sorted((r["backbone"], r["labels"]) for r in wider["runs"] if r["labels"] == 2) == sorted(
+        (b["name"], 2) for b in merged["backbones"])
+    assert {s["labels"] for s in wider["summary"]} == {2, 4}
+    assert wider["timing"]["total_seconds"] == round(sum(p["total_seconds"] for p in wider["parts"]), 1)
 
 
 def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
