@@ -27,18 +27,17 @@ and evaluates them, with random init of each architecture, by the evaluator's pr
                                                     # part of the evaluation grid (folder[:label counts])
     python benchmarks/vs_ssl.py --report-only       # README.md and compute.json from what is there now
 
-Pretraining runs live in benchmarks/work/vs_ssl/runs/<domain>/<arch>-<method>/; a run already
-exported is skipped and an interrupted one resumed, so the benchmark can be continued across
-sessions: an evaluation already written is not redone, only the runs and label counts its table lacks are
-computed and merged into it (a run added later is evaluated alone, beside rows made on another machine).
-Results go to benchmarks/results/vs_ssl/: one folder per domain, architecture and task
-(<domain>/<arch>/<task>/: results.json, summary.csv, a plot, model_index.json; each architecture is compared
-with its own random init), compute.json (images seen, steps, FLOPs per step and in all, wall time and median step time of every run) and
-README.md with every table, the command and the measured wall time. A NOTES.md beside that README (which
-commands ran in which sessions, what was left out) is copied into it. compute.json keeps the rows of runs
-outside this call's domains, architectures and methods, and `--report-only` the row of a run whose folder is not
-on this machine (trained in an earlier session, on another machine): the run folders are git-ignored, the
-evaluations made from them are committed.
+Pretraining runs live in benchmarks/work/vs_ssl/runs/<domain>/<arch>-<method>/; a run already exported is skipped
+and an interrupted one resumed, so the benchmark can be continued across sessions: an evaluation already written is
+not redone, only the runs and label counts its table lacks are computed and merged into it (a run added later is
+evaluated alone, beside rows made on another machine). Results go to benchmarks/results/vs_ssl/: one folder per
+domain, architecture and task (<domain>/<arch>/<task>/: results.json, summary.csv, a plot, model_index.json; each
+architecture is compared with its own random init), compute.json (images seen, steps, FLOPs per step and in all,
+wall time and median step time of every run) and README.md with every table, the command and the measured wall
+time. A NOTES.md beside that README (which commands ran in which sessions, what was left out) is copied into it.
+compute.json keeps the rows of runs outside this call's domains, architectures and methods, and `--report-only` the
+row of a run whose folder is not on this machine (trained in an earlier session, on another machine): the run
+folders are git-ignored, the evaluations made from them are committed.
 """
 
 from __future__ import annotations
