@@ -244,13 +244,21 @@ def test_version_help_and_completion(tmp_path):
 def test_ctrl_c_marks_the_run_interrupted_and_says_how_to_resume(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RESNET.replace("steps: 3", "steps: 100000").replace("checkpoint_every: 3", "checkpoint_every: 2"))
-    proc = subprocess.Popen([sys.executable, "-m", "genbackbones", "pretrain", str(recipe), "-o", "run"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # -X faulthandler: if it hangs after Ctrl-C (seen once in a loaded CI run), SIGABRT makes it print every
+    # thread's stack, so the failure says where it hung
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "genbackbones", "pretrain", str(recipe),
+                             "-o", "run"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while latest_checkpoint(tmp_path / "run") is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
+    sent = time.time()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"still running {time.time() - sent:.0f} s after Ctrl-C; its stacks:\n{err[-6000:]}")
     assert proc.returncode == 130, err[-2000:]
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "interrupted" and info["last_checkpoint_step"] >= 2
