@@ -54,6 +54,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see genbackbones/cli/__init__.py
@@ -298,20 +299,21 @@ def evaluate(job: Evaluation, arch: str, runs: list[Path], out: Path, labels: st
         recorded = {Path(r).name for r in old["benchmark"]["runs"]}
         new_runs = [r for r in runs if r.name not in recorded]
         new_labels = sorted(set(wanted) - set(old["labels"]))
+        _check_same_runs(old, [r for r in runs if r.name in recorded], folder)
         if not new_runs and not new_labels:
             console.print(f"[dim]{job.domain}/{arch}/{job.folder}: done earlier[/]")
             return old
+        here = {r.name for r in runs if read_info(r).get("status") == "exported"}
+        absent = sorted(({r.name for r in runs} | recorded) - here)
+        if new_labels and absent:  # every run of the table and the baselines at the new counts
+            raise UserError(f"{job.domain}/{arch}/{job.folder}: labels {','.join(map(str, new_labels))} need "
+                            f"every run of its table exported here, and {', '.join(absent)} is not; train it "
+                            "(name it in --methods) or leave those label counts out")
         parts = [old]
         if new_runs:  # at the label counts already there; the baselines are there too
             parts.append(_evaluate(job, arch, new_runs, ",".join(map(str, old["labels"])), seeds, settings, [],
                                    device, console))
-        if new_labels:  # every run of the table and the baselines at the new counts: their folders must be here
-            here = {r.name for r in runs if read_info(r).get("status") == "exported"}
-            absent = sorted(({r.name for r in runs} | recorded) - here)
-            if absent:
-                raise UserError(f"{job.domain}/{arch}/{job.folder}: labels {','.join(map(str, new_labels))} need "
-                                f"every run of its table exported here, and {', '.join(absent)} is not; train it "
-                                "(name it in --methods) or leave those label counts out")
+        if new_labels:
             parts.append(_evaluate(job, arch, runs, ",".join(map(str, new_labels)), seeds, settings, baselines,
                                    device, console))
     results = merge_results(parts)
@@ -320,6 +322,21 @@ def evaluate(job: Evaluation, arch: str, runs: list[Path], out: Path, labels: st
     results["benchmark"] = {"runs": sorted(kept + [str(r) for r in runs]), "domain": job.domain, "arch": arch}
     write_outputs(results, folder)
     return results
+
+
+def _check_same_runs(results: dict, runs: list[Path], folder: Path) -> None:
+    """Refuse a run folder exported after its rows in `results` were made: it is another training under the same
+    name (retrained, or copied in), and its rows beside the old ones would make one silently wrong table."""
+    history = results.get("parts", [_part(results)])
+    for run in runs:
+        if read_info(run).get("status") != "exported":
+            continue
+        made = min((datetime.fromisoformat(p["created"]) for p in history if run.name in p["backbones"]), default=None)
+        exported = datetime.fromtimestamp((run / "export" / "model.safetensors").stat().st_mtime, timezone.utc)
+        if made is not None and exported > made:
+            raise UserError(f"{folder.relative_to(folder.parents[2])}: {run.name} was exported after its rows were "
+                            f"made ({made:%Y-%m-%d %H:%M} UTC), so it is not the run in the table; move {folder} "
+                            "away to evaluate the runs afresh")
 
 
 def _evaluate(job: Evaluation, arch: str, runs: list[Path], labels: str, seeds: int, settings: list[str],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -338,7 +339,7 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     assert "## faces/resnet18/segmentation" in readme
     assert not (tmp_path / "runs" / "faces" / "resnet18-byol-real").exists()
     # a run folder gone (git-ignored, trained on another machine): --report-only keeps its recorded row
-    shutil.rmtree(tmp_path / "runs" / "faces" / "resnet18-simclr-real")
+    shutil.move(tmp_path / "runs" / "faces" / "resnet18-simclr-real", tmp_path / "away")
     report = subprocess.run([*cmd, "--report-only"], capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
     kept = json.loads((tmp_path / "out" / "compute.json").read_text())
@@ -368,6 +369,7 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
            "resnet18-simclr-real is not" in " ".join(refused.stderr.split())
     assert json.loads(seg_path.read_text()) == merged
     # ... and computed for every run and the baseline, the earlier rows kept, once it is back
+    shutil.move(tmp_path / "away", tmp_path / "runs" / "faces" / "resnet18-simclr-real")
     three = [*cmd[:cmd.index("--methods") + 1], "layermatch,simclr-real,byol-real", *cmd[cmd.index("--methods") + 2:]]
     more = subprocess.run([*three, "--tasks", "segmentation:2"], capture_output=True, text=True, timeout=900)
     assert more.returncode == 0, more.stderr[-3000:]
@@ -378,6 +380,12 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
         (b["name"], 2) for b in merged["backbones"])
     assert {s["labels"] for s in wider["summary"]} == {2, 4}
     assert wider["timing"]["total_seconds"] == round(sum(p["total_seconds"] for p in wider["parts"]), 1)
+    # a run trained again after its table was made is not the run in the table: refused, the table kept
+    os.utime(tmp_path / "runs" / "faces" / "resnet18-layermatch" / "export" / "model.safetensors")
+    stale = subprocess.run([*three, "--tasks", "segmentation:3"], capture_output=True, text=True, timeout=600)
+    assert stale.returncode == 2, stale.stderr[-3000:]
+    assert "resnet18-layermatch was exported after its rows were made" in " ".join(stale.stderr.split())
+    assert json.loads(seg_path.read_text()) == wider
 
 
 def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
