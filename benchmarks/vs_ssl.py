@@ -380,6 +380,8 @@ def merge_results(parts: list[dict]) -> dict:
             unavailable.setdefault(u["name"], u)
         for r in part["runs"]:
             key = (r["backbone"], r["labels"], r["seed"])
+            if key in rows and backbones[key[0]].get("kind") == "reference" and rows[key]["metrics"] == r["metrics"]:
+                continue  # the landmark mean shape: every evaluation scores it, on the same subsets, the same
             if key in rows:
                 raise UserError(f"cannot merge: {key[0]} at {key[1]} labels, seed {key[2]} is in two evaluations")
             rows[key] = r

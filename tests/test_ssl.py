@@ -353,8 +353,10 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     # a run added later (its siblings' folders gone): only its rows are computed, merged into the table
     seg_path = tmp_path / "out" / "faces" / "resnet18" / "segmentation" / "results.json"
     add = [*cmd[:cmd.index("--methods") + 1], "layermatch,byol-real", *cmd[cmd.index("--methods") + 2:]]
-    added = subprocess.run([*add, "--tasks", "segmentation"], capture_output=True, text=True, timeout=600)
+    added = subprocess.run([*add, "--tasks", "segmentation,landmarks"], capture_output=True, text=True, timeout=600)
     assert added.returncode == 0, added.stderr[-3000:]
+    landmarks = json.loads((seg_path.parents[1] / "landmarks" / "results.json").read_text())
+    assert [r["backbone"] for r in landmarks["runs"]].count("mean shape") == 1  # scored by both parts, kept once
     assert "1 runs + baselines -, labels 4" in added.stderr
     merged = json.loads(seg_path.read_text())
     assert [b["name"] for b in merged["backbones"]] == [*(b["name"] for b in seg["backbones"]), "resnet18-byol-real"]
