@@ -265,13 +265,29 @@ def evaluations(domains: list[str], protocols: list[str]) -> list[Evaluation]:
 
 
 def selected(jobs: list[Evaluation], tasks: str | None) -> list[Evaluation]:
-    """The jobs `--tasks` names (`folder[:labels]`, labels replacing the job's own), in the grid's order."""
+    """The jobs `--tasks` names (`folder[:labels]`, labels replacing the job's own), in the grid's order. A number
+    after a task's labels is one more label count of it: `segmentation:4,16,landmarks` is segmentation at 4 and 16
+    labels and landmarks at the grid's counts."""
     if not tasks:
         return jobs
-    wanted = dict((t.split(":", 1) + [""])[:2] for t in tasks.split(","))
+    wanted, last = {}, None
+    for token in (t.strip() for t in tasks.split(",")):
+        if last is not None and wanted[last] and (token.isdigit() or token == "all"):
+            wanted[last] += "," + token
+        else:
+            last, _, labels = token.partition(":")
+            wanted[last] = labels
     unknown = sorted(set(wanted) - {j.folder for j in jobs})
     if unknown:
         raise UserError(f"--tasks: {unknown[0]!r} is not one of {', '.join(sorted({j.folder for j in jobs}))}")
+    from genbackbones.evaluate import parse_labels
+
+    for folder, labels in wanted.items():
+        try:
+            parse_labels(labels or "1")
+        except UserError as error:
+            raise UserError(f"--tasks {folder}:{labels}: label counts are positive numbers, e.g. {folder}:4,16") \
+                from error
     return [replace(j, labels=wanted[j.folder] or j.labels) for j in jobs if j.folder in wanted]
 
 
@@ -412,9 +428,10 @@ def finetune_steps(n: int, settings: dict) -> int:
                                                                                   settings["batch_size"]))))
 
 
-def estimate(compute: list[dict], evaluated: dict[str, dict], domains: list[str], archs: list[str],
+def estimate(compute: list[dict], evaluated: list[dict], domains: list[str], archs: list[str],
              methods: list[str], protocols: list[str], seeds: int = 3) -> dict:
-    """The full benchmark's length from this session's measured step times (pretraining and fine-tuning).
+    """The full benchmark's length from the step times measured by the runs and evaluations recorded in the results
+    folder (pretraining and fine-tuning; `--report-only` estimates from what earlier sessions measured).
 
     Pretraining: each run's steps at the full budget x the median step time measured for the same
     architecture and method (the UTKFace and bundled generators have the same architecture). Evaluation:
@@ -430,7 +447,7 @@ def estimate(compute: list[dict], evaluated: dict[str, dict], domains: list[str]
     pretraining, pretraining_cpu = (sum(FULL_IMAGES / BATCH * times[(a, m)] for _ in domains for a in archs
                                         for m in methods if (a, m) in times) for times in (step_time, step_cpu))
     per_step: dict[tuple[str, str], float] = {}
-    for name, results in evaluated.items():
+    for results in evaluated:
         task = results["task"] if results["task"] != "classification" else "classification-finetune"
         if results["task"] == "classification" and results["settings"].get("protocol") != "finetune":
             continue
@@ -516,7 +533,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help="default 3 (tiny 1)")
     parser.add_argument("--labels", default=None, help="default per domain (utkface 16,64,256,1024; faces 4,16,64)")
     parser.add_argument("--tasks", default=None,
-                        help="only these evaluations, each `folder[:labels]` (e.g. gender-linear,segmentation:16): "
+                        help="only these evaluations, each `folder[:labels]` (e.g. gender-linear,segmentation:4,16): "
                              "fewer tasks or label counts when a session has less time than the whole grid")
     parser.add_argument("--baselines", default="random", help="evaluator baselines (random, imagenet or none)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for pretraining and evaluation")
@@ -555,6 +572,11 @@ def main(argv: list[str] | None = None) -> int:
             console.print("the UTKFace split is not prepared: running `python benchmarks/real_faces.py prepare`")
             subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_faces.py"), "prepare"], check=True)
 
+        protocols, missing = available_protocols()
+        grid = evaluations(domains, protocols)
+        if args.tiny:
+            grid = [replace(j, labels="4") for j in grid]
+        jobs = [] if args.skip_evaluation or args.report_only else selected(grid, args.tasks)  # checked before training
         runs = plan(domains, archs, methods, images, args.threads)
         compute, not_run = [], []
         recorded = recorded_rows(out)
@@ -570,28 +592,21 @@ def main(argv: list[str] | None = None) -> int:
             compute.append(compute_row(run, folder, info))
         planned = {(r.domain, r.name) for r in runs}  # runs of other domains, archs or methods stay recorded
         compute += [row for key, row in recorded.items() if key not in planned]
-        protocols, missing = available_protocols()
-        evaluated = {}
-        if not (args.skip_evaluation or args.report_only):
+        if jobs:
             settings = TINY_SETTINGS if args.tiny else None
-            grid = evaluations(domains, protocols)
-            if args.tiny:
-                grid = [replace(j, labels="4") for j in grid]
-            for job in selected(grid, args.tasks):  # label counts: --labels, else --tasks', else the grid's
+            for job in jobs:  # label counts: --labels, else --tasks', else the grid's
                 for arch in archs:
                     folders = [work / r.domain / r.name for r in runs if r.domain == job.domain and r.arch == arch]
                     labels = args.labels or job.labels
-                    results = evaluate(job, arch, folders, out, labels, seeds,
-                                       settings or FULL_SETTINGS[job.domain],
-                                       [b for b in args.baselines.split(",") if b and b != "none"], args.device,
-                                       console)
-                    evaluated[f"{job.domain}/{arch}/{job.folder}"] = results
+                    evaluate(job, arch, folders, out, labels, seeds, settings or FULL_SETTINGS[job.domain],
+                             [b for b in args.baselines.split(",") if b and b != "none"], args.device, console)
         seconds = time.perf_counter() - started
         atomic.write_text(out / "compute.json", json.dumps({"command": command, "wall_seconds": round(seconds, 1),
                                                             "runs": compute}, indent=2) + "\n")
         atomic.write_text(out / "README.md", readme(out, compute, missing, command, seconds, args.tiny,
                                                     evaluations(domains, protocols), archs, not_run))
         console.print(f"[green]written[/] {out}/README.md ({seconds / 60:.1f} min)")
+        evaluated = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/*/results.json"))]  # earlier ones too
         guess = estimate(compute, evaluated, list(DOMAINS), list(ARCHS), list(METHODS), protocols)
         console.print(
             f"estimate of the full benchmark on this machine, from the step times measured here: pretraining "

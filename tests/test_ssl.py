@@ -403,5 +403,9 @@ def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
     jobs = vs_ssl.selected(grid, "hair_colour-knn,segmentation:16")
     assert [(j.folder, j.labels) for j in jobs] == [("segmentation", "16"), ("hair_colour-knn", "4,16,64")]
     assert vs_ssl.selected(grid, None) == grid
+    jobs = vs_ssl.selected(grid, "segmentation:4,16,hair_colour-knn:4")  # a bare number continues the labels
+    assert [(j.folder, j.labels) for j in jobs] == [("segmentation", "4,16"), ("hair_colour-knn", "4")]
+    with pytest.raises(UserError, match="--tasks segmentation:0: label counts are positive numbers"):
+        vs_ssl.selected(grid, "segmentation:0")
     with pytest.raises(UserError, match="--tasks: 'gender-linear' is not one of"):
         vs_ssl.selected(grid, "gender-linear")
