@@ -405,7 +405,9 @@ def merge_results(parts: list[dict]) -> dict:
     first = {k: v for k, v in first.items() if k != "summary"}  # write_outputs makes it from the merged rows
     return {**first, "labels": sorted({n for p in parts for n in p["labels"]}),
             "subsets": dict(sorted(subsets.items(), key=lambda kv: int(kv[0]))),
-            "backbones": list(backbones.values()), "unavailable": list(unavailable.values()),
+            # the runs first, then the baselines and the reference row, as one evaluation orders them
+            "backbones": sorted(backbones.values(), key=lambda b: b["kind"] in ("random", "imagenet", "reference")),
+            "unavailable": list(unavailable.values()),
             "runs": list(rows.values()),
             "timing": {**first["timing"], "total_seconds": round(sum(p["total_seconds"] for p in history), 1)},
             "parts": history}

@@ -359,7 +359,8 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     assert [r["backbone"] for r in landmarks["runs"]].count("mean shape") == 1  # scored by both parts, kept once
     assert "1 runs + baselines -, labels 4" in added.stderr
     merged = json.loads(seg_path.read_text())
-    assert [b["name"] for b in merged["backbones"]] == [*(b["name"] for b in seg["backbones"]), "resnet18-byol-real"]
+    assert [b["name"] for b in merged["backbones"]] == ["resnet18-layermatch", "resnet18-simclr-real",
+                                                        "resnet18-byol-real", "random init"]
     assert merged["runs"][:len(seg["runs"])] == seg["runs"] and len(merged["runs"]) == len(seg["runs"]) + 1
     assert [p["backbones"] for p in merged["parts"]] == [[b["name"] for b in seg["backbones"]], ["resnet18-byol-real"]]
     assert {Path(r).name for r in merged["benchmark"]["runs"]} == {"resnet18-layermatch", "resnet18-simclr-real",
