@@ -47,6 +47,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -382,7 +383,7 @@ def merge_results(parts: list[dict]) -> dict:
     first = parts[0]
     for part in parts[1:]:
         for key in _SAME:
-            if part[key] != first[key]:
+            if _portable(part[key]) != _portable(first[key]):
                 raise UserError(f"cannot merge evaluations of {first['task']}: their {key!r} differ; evaluate into a "
                                 "new --out folder instead")
     subsets, backbones, unavailable, rows = {}, {}, {}, {}
@@ -411,6 +412,16 @@ def merge_results(parts: list[dict]) -> dict:
             "runs": list(rows.values()),
             "timing": {**first["timing"], "total_seconds": round(sum(p["total_seconds"] for p in history), 1)},
             "parts": history}
+
+
+def _portable(value):
+    """`value` with the checkout's absolute path taken out of its strings: the prepared UTKFace split is the same
+    data in /work/a/benchmarks/work/... and /work/b/benchmarks/work/... (the subsets' image names are compared too)."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    return re.sub(r"/\S*?/(benchmarks/work/)", r"\1", value) if isinstance(value, str) else value
 
 
 def _part(results: dict) -> dict:

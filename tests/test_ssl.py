@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -391,8 +392,7 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     assert json.loads(seg_path.read_text()) == wider
 
 
-def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
-    """`--tasks folder[:labels]`: a session short of time runs part of the grid, and the README says what is left."""
+def _load_vs_ssl():
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_ssl.py"
@@ -400,6 +400,42 @@ def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
     vs_ssl = importlib.util.module_from_spec(spec)
     sys.modules["vs_ssl"] = vs_ssl  # dataclasses look their module up there
     spec.loader.exec_module(vs_ssl)
+    return vs_ssl
+
+
+def test_vs_ssl_merge_is_exact_across_checkouts_and_refuses_what_differs():
+    """A committed table split by backbone and label count, one part made in another checkout, merges back to the
+    same rows and summary; different settings or a row in two parts are refused."""
+    import copy
+
+    from genbackbones.evaluate.report import summarise
+
+    vs_ssl = _load_vs_ssl()
+    table = json.loads((vs_ssl.RESULTS / "utkface" / "resnet18" / "gender-linear" / "results.json").read_text())
+    assert table["labels"] == [16, 64, 256, 1024] and len(table["backbones"]) == 6
+    moved = re.sub(r'/[^" ]*?/benchmarks/work/', "/home/someone/genbackbones/benchmarks/work/", json.dumps(table))
+    assert moved != json.dumps(table)
+    first, later = copy.deepcopy(table), json.loads(moved)
+    first["labels"] = [16, 64]
+    first["subsets"] = {n: v for n, v in table["subsets"].items() if n in ("16", "64")}
+    first["runs"] = [r for r in table["runs"] if r["labels"] in (16, 64)]
+    later["runs"] = [r for r in later["runs"] if r["labels"] in (256, 1024)]
+    merged = vs_ssl.merge_results([first, later])
+    key = lambda r: (r["backbone"], r["labels"], r["seed"])  # noqa: E731
+    assert sorted(merged["runs"], key=key) == sorted(table["runs"], key=key)
+    assert merged["labels"] == table["labels"] and merged["subsets"] == table["subsets"]
+    assert summarise(merged) == summarise(table) and len(merged["parts"]) == 2
+    other = copy.deepcopy(later)
+    other["settings"]["knn_k"] = 5
+    with pytest.raises(UserError, match="their 'settings' differ"):
+        vs_ssl.merge_results([first, other])
+    with pytest.raises(UserError, match="at 16 labels, seed 0 is in two evaluations"):
+        vs_ssl.merge_results([first, first])
+
+
+def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
+    """`--tasks folder[:labels]`: a session short of time runs part of the grid, and the README says what is left."""
+    vs_ssl = _load_vs_ssl()
     grid = vs_ssl.evaluations(["faces"], ["linear", "knn", "finetune"])
     jobs = vs_ssl.selected(grid, "hair_colour-knn,segmentation:16")
     assert [(j.folder, j.labels) for j in jobs] == [("segmentation", "16"), ("hair_colour-knn", "4,16,64")]
