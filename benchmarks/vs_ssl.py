@@ -272,12 +272,14 @@ def selected(jobs: list[Evaluation], tasks: str | None) -> list[Evaluation]:
     if not tasks:
         return jobs
     wanted, last = {}, None
-    for token in (t.strip() for t in tasks.split(",")):
+    for token in (t.strip() for t in tasks.split(",") if t.strip()):
         if last is not None and wanted[last] and (token.isdigit() or token == "all"):
             wanted[last] += "," + token
         else:
             last, _, labels = token.partition(":")
-            wanted[last] = labels
+            if last in wanted and bool(wanted[last]) != bool(labels):
+                raise UserError(f"--tasks: {last} is named twice, once with label counts and once without")
+            wanted[last] = ",".join(filter(None, [wanted.get(last, ""), labels]))  # named twice: both counts
     unknown = sorted(set(wanted) - {j.folder for j in jobs})
     if unknown:
         raise UserError(f"--tasks: {unknown[0]!r} is not one of {', '.join(sorted({j.folder for j in jobs}))}")
@@ -298,46 +300,111 @@ def results_folder(out: Path, job: Evaluation, arch: str) -> Path:
     return out / job.domain / arch / job.folder
 
 
-def evaluate(job: Evaluation, arch: str, runs: list[Path], out: Path, labels: str, seeds: int, settings: list[str],
-             baselines: list[str], device: str, console: Console) -> dict:
-    """One task x protocol for every run of the domain and architecture (+ baselines, random init of that
-    architecture). What its results.json already holds is not computed again: only the runs and label counts it
-    lacks are, and merged into it (`merge_results`), so a later session can add a run (whose earlier siblings'
-    folders may be on another machine) or a label count without redoing the rest."""
+@dataclass
+class TablePlan:
+    """What one evaluation job computes: everything when its table is new, else only what the table lacks."""
+
+    job: Evaluation
+    arch: str
+    runs: list[Path]  # this call's run folders of the domain and architecture
+    labels: str
+    baselines: list[str]
+    old: dict | None  # the table already written, None when there is none
+    new_runs: list[Path]  # evaluated at the table's label counts
+    new_labels: list[int]  # every run of the table and its baselines evaluated at these
+
+
+def plan_table(job: Evaluation, arch: str, runs: list[Path], out: Path, labels: str, seeds: int,
+               settings: list[str], baselines: list[str]) -> TablePlan:
+    """Decide what an evaluation computes and refuse, before any training, whatever would make its table wrong.
+
+    A table already written is not redone: a run added later is evaluated alone at its label counts, new label
+    counts for every run of the table and its baselines, and the rows are merged (`merge_results`). So a run of
+    the table must be the one whose rows it holds: one exported after them, or one that this call would train
+    again because its folder is not here, is refused; so are other seeds, baselines, settings or data."""
     from genbackbones.evaluate import parse_labels
-    from genbackbones.evaluate.report import write_outputs
 
     folder = results_folder(out, job, arch)
-    old = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else None
+    name = f"{job.domain}/{arch}/{job.folder}"
     wanted = parse_labels(labels)
-    if old is None or old["seeds"] != list(range(seeds)) or "all" in wanted:
-        parts = [_evaluate(job, arch, runs, labels, seeds, settings, baselines, device, console)]
+    if not (folder / "results.json").is_file():
+        return TablePlan(job, arch, runs, labels, baselines, None, list(runs), [])
+    old = json.loads((folder / "results.json").read_text())
+    away = f"move {folder} away to evaluate the runs afresh"
+    if old["seeds"] != list(range(seeds)):
+        raise UserError(f"{name}: its table has {len(old['seeds'])} seed(s), this call asks {seeds}; {away}")
+    if "all" in wanted:
+        raise UserError(f"{name}: 'all' labels cannot be added to a table; give the count, or {away}")
+    table_baselines = sorted({b["kind"] for b in old["backbones"] if b["kind"] in ("random", "imagenet")} |
+                             {"imagenet" for _ in old["unavailable"]})  # only ImageNet weights can be unavailable
+    if table_baselines != sorted(set(baselines)):
+        raise UserError(f"{name}: its table has baselines {','.join(table_baselines) or 'none'}, this call asks "
+                        f"{','.join(sorted(set(baselines))) or 'none'}; pass --baselines "
+                        f"{','.join(table_baselines) or 'none'}, or {away}")
+    for key, value in _settings_and_data(job, settings).items():
+        if _portable(value) != _portable(old[key] if key == "settings" else old["data"]["options"]):
+            raise UserError(f"{name}: its table was made with other evaluation {key}; {away}")
+    recorded = _recorded_runs(old)
+    exported = {r.name for r in runs if read_info(r).get("status") == "exported"}
+    retrained = sorted(r.name for r in runs if r.name in recorded and r.name not in exported)
+    if retrained:
+        raise UserError(f"{name}: {', '.join(retrained)} is in its table but its folder is not here, and training "
+                        "it again would put another run under its name; copy the folder here with its file times "
+                        f"(cp -a), leave it out of --methods, or {away}")
+    _check_same_runs(old, [r for r in runs if r.name in recorded], folder)
+    new_labels = sorted(set(wanted) - set(old["labels"]))
+    absent = sorted(recorded - exported)
+    if new_labels and absent:
+        raise UserError(f"{name}: labels {','.join(map(str, new_labels))} need every run of its table here, and "
+                        f"{', '.join(absent)} is not; copy its folder here with its file times (cp -a), leave "
+                        f"those label counts out, or {away}")
+    return TablePlan(job, arch, runs, labels, baselines, old, [r for r in runs if r.name not in recorded],
+                     new_labels)
+
+
+def _settings_and_data(job: Evaluation, settings: list[str]) -> dict:
+    """The evaluation settings and data options an evaluation of `job` records, as genbackbones.evaluate makes them
+    (without loading any data)."""
+    from dataclasses import asdict
+
+    from genbackbones.evaluate.options import apply_data_overrides
+    from genbackbones.evaluate.tasks import make_settings
+
+    data = [o for o in settings if o.strip().startswith("data.")]
+    return {"settings": asdict(make_settings(job.task, [o for o in settings if o not in data], None, job.protocol)),
+            "data": asdict(apply_data_overrides(_data_options(job), data))}
+
+
+def _recorded_runs(results: dict) -> set[str]:
+    """The run names of a table: its benchmark record, else (a table `genbackbones evaluate` wrote) its run rows."""
+    if "benchmark" in results:
+        return {Path(r).name for r in results["benchmark"]["runs"]}
+    return {b["name"] for b in results["backbones"] if b["kind"] == "run"}
+
+
+def evaluate(plan: TablePlan, out: Path, seeds: int, settings: list[str], device: str, console: Console) -> dict:
+    """Compute what `plan_table` decided and write the merged table."""
+    from genbackbones.evaluate.report import write_outputs
+
+    job, arch, old = plan.job, plan.arch, plan.old
+    if old is not None and not plan.new_runs and not plan.new_labels:
+        console.print(f"[dim]{job.domain}/{arch}/{job.folder}: done earlier[/]")
+        return old
+    if old is None:
+        parts = [_evaluate(job, arch, plan.runs, plan.labels, seeds, settings, plan.baselines, device, console)]
     else:
-        recorded = {Path(r).name for r in old["benchmark"]["runs"]}
-        new_runs = [r for r in runs if r.name not in recorded]
-        new_labels = sorted(set(wanted) - set(old["labels"]))
-        _check_same_runs(old, [r for r in runs if r.name in recorded], folder)
-        if not new_runs and not new_labels:
-            console.print(f"[dim]{job.domain}/{arch}/{job.folder}: done earlier[/]")
-            return old
-        here = {r.name for r in runs if read_info(r).get("status") == "exported"}
-        absent = sorted(({r.name for r in runs} | recorded) - here)
-        if new_labels and absent:  # every run of the table and the baselines at the new counts
-            raise UserError(f"{job.domain}/{arch}/{job.folder}: labels {','.join(map(str, new_labels))} need "
-                            f"every run of its table exported here, and {', '.join(absent)} is not; train it "
-                            "(name it in --methods) or leave those label counts out")
         parts = [old]
-        if new_runs:  # at the label counts already there; the baselines are there too
-            parts.append(_evaluate(job, arch, new_runs, ",".join(map(str, old["labels"])), seeds, settings, [],
+        if plan.new_runs:  # at the label counts already there; the baselines are there too
+            parts.append(_evaluate(job, arch, plan.new_runs, ",".join(map(str, old["labels"])), seeds, settings, [],
                                    device, console))
-        if new_labels:
-            parts.append(_evaluate(job, arch, runs, ",".join(map(str, new_labels)), seeds, settings, baselines,
-                                   device, console))
+        if plan.new_labels:
+            parts.append(_evaluate(job, arch, plan.runs, ",".join(map(str, plan.new_labels)), seeds, settings,
+                                   plan.baselines, device, console))
     results = merge_results(parts)
-    runs_before = parts[0]["benchmark"]["runs"] if len(parts) > 1 else []
-    kept = [r for r in runs_before if Path(r).name not in {p.name for p in runs}]
-    results["benchmark"] = {"runs": sorted(kept + [str(r) for r in runs]), "domain": job.domain, "arch": arch}
-    write_outputs(results, folder)
+    names = {r.name for r in plan.runs}
+    kept = [r for r in (old["benchmark"]["runs"] if old and "benchmark" in old else []) if Path(r).name not in names]
+    results["benchmark"] = {"runs": sorted(kept + [str(r) for r in plan.runs]), "domain": job.domain, "arch": arch}
+    write_outputs(results, results_folder(out, job, arch))
     return results
 
 
@@ -356,14 +423,19 @@ def _check_same_runs(results: dict, runs: list[Path], folder: Path) -> None:
                             "away to evaluate the runs afresh")
 
 
+def _data_options(job: Evaluation):
+    from genbackbones.evaluate.data import DataOptions
+
+    return DataOptions("faces", 64, target=job.target) if job.domain == "faces" else \
+        DataOptions(str(UTKFACE_WORK / "eval"), 64, target=job.target)
+
+
 def _evaluate(job: Evaluation, arch: str, runs: list[Path], labels: str, seeds: int, settings: list[str],
               baselines: list[str], device: str, console: Console) -> dict:
     """The evaluator on these runs and label counts, on the domain's evaluation data."""
     from genbackbones.evaluate import run_evaluation
-    from genbackbones.evaluate.data import DataOptions
 
-    data = DataOptions("faces", 64, target=job.target) if job.domain == "faces" else \
-        DataOptions(str(UTKFACE_WORK / "eval"), 64, target=job.target)
+    data = _data_options(job)
     console.print(f"[bold]{job.domain}/{arch}/{job.folder}[/]: {len(runs)} runs + baselines "
                   f"{','.join(baselines) or '-'}, labels {labels}")
     return run_evaluation([str(r) for r in runs], job.task, data=data, labels=labels, seeds=seeds,
@@ -397,7 +469,8 @@ def merge_results(parts: list[dict]) -> dict:
             unavailable.setdefault(u["name"], u)
         for r in part["runs"]:
             key = (r["backbone"], r["labels"], r["seed"])
-            if key in rows and backbones[key[0]].get("kind") == "reference" and rows[key]["metrics"] == r["metrics"]:
+            if key in rows and backbones[key[0]].get("kind") == "reference" and all(
+                    math.isclose(v, rows[key]["metrics"][k], rel_tol=1e-6) for k, v in r["metrics"].items()):
                 continue  # the landmark mean shape: every evaluation scores it, on the same subsets, the same
             if key in rows:
                 raise UserError(f"cannot merge: {key[0]} at {key[1]} labels, seed {key[2]} is in two evaluations")
@@ -591,6 +664,15 @@ def main(argv: list[str] | None = None) -> int:
             grid = [replace(j, labels="4") for j in grid]
         jobs = [] if args.skip_evaluation or args.report_only else selected(grid, args.tasks)  # checked before training
         runs = plan(domains, archs, methods, images, args.threads)
+        baselines = [b for b in args.baselines.split(",") if b and b != "none"]
+        if set(baselines) - {"random", "imagenet"}:
+            raise UserError(f"--baselines: {args.baselines!r}: use random, imagenet or none")
+        settings = TINY_SETTINGS if args.tiny else None
+        folders = {(d, a): [work / r.domain / r.name for r in runs if (r.domain, r.arch) == (d, a)]
+                   for d in domains for a in archs}
+        tables = [plan_table(job, arch, folders[(job.domain, arch)], out, args.labels or job.labels, seeds,
+                             settings or FULL_SETTINGS[job.domain], baselines)
+                  for job in jobs for arch in archs]  # every refusal before any training
         compute, not_run = [], []
         recorded = recorded_rows(out)
         for run in runs:
@@ -605,14 +687,8 @@ def main(argv: list[str] | None = None) -> int:
             compute.append(compute_row(run, folder, info))
         planned = {(r.domain, r.name) for r in runs}  # runs of other domains, archs or methods stay recorded
         compute += [row for key, row in recorded.items() if key not in planned]
-        if jobs:
-            settings = TINY_SETTINGS if args.tiny else None
-            for job in jobs:  # label counts: --labels, else --tasks', else the grid's
-                for arch in archs:
-                    folders = [work / r.domain / r.name for r in runs if r.domain == job.domain and r.arch == arch]
-                    labels = args.labels or job.labels
-                    evaluate(job, arch, folders, out, labels, seeds, settings or FULL_SETTINGS[job.domain],
-                             [b for b in args.baselines.split(",") if b and b != "none"], args.device, console)
+        for table in tables:  # label counts: --labels, else --tasks', else the grid's
+            evaluate(table, out, seeds, settings or FULL_SETTINGS[table.job.domain], args.device, console)
         seconds = time.perf_counter() - started
         atomic.write_text(out / "compute.json", json.dumps({"command": command, "wall_seconds": round(seconds, 1),
                                                             "runs": compute}, indent=2) + "\n")

@@ -369,8 +369,19 @@ def test_vs_ssl_tiny_runs_the_pipeline_and_continues_where_it_stopped(tmp_path):
     # a new label count needs every run of the table: refused while simclr-real's folder is gone
     refused = subprocess.run([*add, "--tasks", "segmentation:2"], capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
-    assert "error: faces/resnet18/segmentation: labels 2 need every run of its table exported here, and " \
+    assert "error: faces/resnet18/segmentation: labels 2 need every run of its table here, and " \
            "resnet18-simclr-real is not" in " ".join(refused.stderr.split())
+    assert json.loads(seg_path.read_text()) == merged
+    # other seeds or baselines than the table's are refused before anything runs, the table kept
+    for extra, message in ((["--seeds", "2"], "its table has 1 seed(s), this call asks 2"),
+                           (["--baselines", "none"], "its table has baselines random, this call asks none")):
+        other = subprocess.run([*add, "--tasks", "segmentation", *extra], capture_output=True, text=True, timeout=600)
+        assert other.returncode == 2 and message in " ".join(other.stderr.split()), other.stderr[-3000:]
+    # a run of the table whose folder is gone would be trained again under its name: refused before training
+    gone = subprocess.run([*cmd, "--tasks", "segmentation"], capture_output=True, text=True, timeout=600)
+    assert gone.returncode == 2 and "resnet18-simclr-real is in its table but its folder is not here" in \
+        " ".join(gone.stderr.split()), gone.stderr[-3000:]
+    assert not (tmp_path / "runs" / "faces" / "resnet18-simclr-real").exists()
     assert json.loads(seg_path.read_text()) == merged
     # ... and computed for every run and the baseline, the earlier rows kept, once it is back
     shutil.move(tmp_path / "away", tmp_path / "runs" / "faces" / "resnet18-simclr-real")
@@ -442,6 +453,10 @@ def test_vs_ssl_tasks_selects_evaluations_and_their_label_counts():
     assert vs_ssl.selected(grid, None) == grid
     jobs = vs_ssl.selected(grid, "segmentation:4,16,hair_colour-knn:4")  # a bare number continues the labels
     assert [(j.folder, j.labels) for j in jobs] == [("segmentation", "4,16"), ("hair_colour-knn", "4")]
+    assert [(j.folder, j.labels) for j in vs_ssl.selected(grid, "segmentation:4,segmentation:16,")] == [
+        ("segmentation", "4,16")]  # a task named twice keeps both counts; an empty item is nothing
+    with pytest.raises(UserError, match="--tasks: segmentation is named twice"):
+        vs_ssl.selected(grid, "segmentation:4,segmentation")
     with pytest.raises(UserError, match="--tasks segmentation:0: label counts are positive numbers"):
         vs_ssl.selected(grid, "segmentation:0")
     with pytest.raises(UserError, match="--tasks: 'gender-linear' is not one of"):
