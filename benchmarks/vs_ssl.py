@@ -351,7 +351,7 @@ def plan_table(job: Evaluation, arch: str, runs: list[Path], out: Path, labels: 
         raise UserError(f"{name}: {', '.join(retrained)} is in its table but its folder is not here, and training "
                         "it again would put another run under its name; copy the folder here with its file times "
                         f"(cp -a), leave it out of --methods, or {away}")
-    _check_same_runs(old, [r for r in runs if r.name in recorded], folder)
+    _check_same_runs(old, [r for r in runs if r.name in recorded], name, away)  # all exported (checked above)
     new_labels = sorted(set(wanted) - set(old["labels"]))
     absent = sorted(recorded - exported)
     if new_labels and absent:
@@ -363,16 +363,13 @@ def plan_table(job: Evaluation, arch: str, runs: list[Path], out: Path, labels: 
 
 
 def _settings_and_data(job: Evaluation, settings: list[str]) -> dict:
-    """The evaluation settings and data options an evaluation of `job` records, as genbackbones.evaluate makes them
-    (without loading any data)."""
+    """The evaluation settings and data options an evaluation of `job` records (without loading any data)."""
     from dataclasses import asdict
 
-    from genbackbones.evaluate.options import apply_data_overrides
-    from genbackbones.evaluate.tasks import make_settings
+    from genbackbones.evaluate import resolve_options
 
-    data = [o for o in settings if o.strip().startswith("data.")]
-    return {"settings": asdict(make_settings(job.task, [o for o in settings if o not in data], None, job.protocol)),
-            "data": asdict(apply_data_overrides(_data_options(job), data))}
+    task_settings, options = resolve_options(job.task, _data_options(job), settings, protocol=job.protocol)
+    return {"settings": asdict(task_settings), "data": asdict(options)}
 
 
 def _recorded_runs(results: dict) -> set[str]:
@@ -408,19 +405,16 @@ def evaluate(plan: TablePlan, out: Path, seeds: int, settings: list[str], device
     return results
 
 
-def _check_same_runs(results: dict, runs: list[Path], folder: Path) -> None:
-    """Refuse a run folder exported after its rows in `results` were made: it is another training under the same
-    name (retrained, or copied in), and its rows beside the old ones would make one silently wrong table."""
-    history = results.get("parts", [_part(results)])
+def _check_same_runs(results: dict, runs: list[Path], name: str, away: str) -> None:
+    """Refuse an exported run folder exported after its rows in `results` were made: it is another training under
+    the same name (retrained, or copied in), and its rows beside the old ones would make one silently wrong table."""
     for run in runs:
-        if read_info(run).get("status") != "exported":
-            continue
-        made = min((datetime.fromisoformat(p["created"]) for p in history if run.name in p["backbones"]), default=None)
+        made = min((datetime.fromisoformat(p["created"]) for p in _history(results) if run.name in p["backbones"]),
+                   default=None)
         exported = datetime.fromtimestamp((run / "export" / "model.safetensors").stat().st_mtime, timezone.utc)
         if made is not None and exported > made:
-            raise UserError(f"{folder.relative_to(folder.parents[2])}: {run.name} was exported after its rows were "
-                            f"made ({made:%Y-%m-%d %H:%M} UTC), so it is not the run in the table; move {folder} "
-                            "away to evaluate the runs afresh")
+            raise UserError(f"{name}: {run.name} was exported after its rows were made ({made:%Y-%m-%d %H:%M} UTC), "
+                            f"so it is not the run in the table; {away}")
 
 
 def _data_options(job: Evaluation):
@@ -475,7 +469,7 @@ def merge_results(parts: list[dict]) -> dict:
             if key in rows:
                 raise UserError(f"cannot merge: {key[0]} at {key[1]} labels, seed {key[2]} is in two evaluations")
             rows[key] = r
-    history = [p for part in parts for p in part.get("parts", [_part(part)])]
+    history = [p for part in parts for p in _history(part)]
     first = {k: v for k, v in first.items() if k != "summary"}  # write_outputs makes it from the merged rows
     return {**first, "labels": sorted({n for p in parts for n in p["labels"]}),
             "subsets": dict(sorted(subsets.items(), key=lambda kv: int(kv[0]))),
@@ -495,6 +489,11 @@ def _portable(value):
     if isinstance(value, list):
         return [_portable(v) for v in value]
     return re.sub(r"/\S*?/(benchmarks/work/)", r"\1", value) if isinstance(value, str) else value
+
+
+def _history(results: dict) -> list[dict]:
+    """The evaluations a results dict is made of: its merged parts, or itself."""
+    return results.get("parts", [_part(results)])
 
 
 def _part(results: dict) -> dict:
@@ -560,8 +559,9 @@ def estimate(compute: list[dict], evaluated: list[dict], domains: list[str], arc
             "finetune_step_seconds": {f"{a} {t}": s for (a, t), s in per_step.items()}}
 
 
-def readme(out: Path, compute: list[dict], missing_protocols: list[str], command: str, seconds: float,
-           tiny: bool, grid: list[Evaluation], archs: list[str], not_run: list[str]) -> str:
+def readme(out: Path, written: dict[str, dict], compute: list[dict], missing_protocols: list[str], command: str,
+           seconds: float, tiny: bool, grid: list[Evaluation], archs: list[str], not_run: list[str]) -> str:
+    """The results README: `written` is every table in `out`, by its folder (<domain>/<arch>/<task>)."""
     from genbackbones.evaluate.report import markdown_tables, summarise
 
     lines = ["# At equal compute: LayerMatch vs GH-Feat vs self-supervised learning vs random init", "",
@@ -588,14 +588,11 @@ def readme(out: Path, compute: list[dict], missing_protocols: list[str], command
     if missing_protocols:
         lines += [f"Not evaluated: classification protocol(s) {', '.join(missing_protocols)} (this evaluator does "
                   "not have them yet).", ""]
-    not_run = [f"{j.domain}/{a}/{j.folder}" for j in grid for a in archs
-               if not (results_folder(out, j, a) / "results.json").is_file()]
+    not_run = [f"{j.domain}/{a}/{j.folder}" for j in grid for a in archs if f"{j.domain}/{a}/{j.folder}" not in written]
     if not_run:
         lines += [f"Not evaluated (left out of the runs above, e.g. by `--tasks`): {', '.join(not_run)}.", ""]
-    for path in sorted(out.glob("*/*/*/results.json")):
-        results = json.loads(path.read_text())
-        results["summary"] = summarise(results)
-        folder = path.parent.relative_to(out).as_posix()
+    for folder, results in written.items():
+        results = {**results, "summary": summarise(results)}
         timing = results["timing"]
         tables = markdown_tables(results, folder).split("\n", 2)[2]
         lines += [f"## {folder}", "", f"Data: {results['data']['summary']}. Labels "
@@ -670,9 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = TINY_SETTINGS if args.tiny else None
         folders = {(d, a): [work / r.domain / r.name for r in runs if (r.domain, r.arch) == (d, a)]
                    for d in domains for a in archs}
-        tables = [plan_table(job, arch, folders[(job.domain, arch)], out, args.labels or job.labels, seeds,
-                             settings or FULL_SETTINGS[job.domain], baselines)
-                  for job in jobs for arch in archs]  # every refusal before any training
+        plans = [plan_table(job, arch, folders[(job.domain, arch)], out, args.labels or job.labels, seeds,
+                            settings or FULL_SETTINGS[job.domain], baselines)
+                 for job in jobs for arch in archs]  # every refusal before any training
         compute, not_run = [], []
         recorded = recorded_rows(out)
         for run in runs:
@@ -687,16 +684,17 @@ def main(argv: list[str] | None = None) -> int:
             compute.append(compute_row(run, folder, info))
         planned = {(r.domain, r.name) for r in runs}  # runs of other domains, archs or methods stay recorded
         compute += [row for key, row in recorded.items() if key not in planned]
-        for table in tables:  # label counts: --labels, else --tasks', else the grid's
+        for table in plans:  # label counts: --labels, else --tasks', else the grid's
             evaluate(table, out, seeds, settings or FULL_SETTINGS[table.job.domain], args.device, console)
         seconds = time.perf_counter() - started
         atomic.write_text(out / "compute.json", json.dumps({"command": command, "wall_seconds": round(seconds, 1),
                                                             "runs": compute}, indent=2) + "\n")
-        atomic.write_text(out / "README.md", readme(out, compute, missing, command, seconds, args.tiny,
-                                                    evaluations(domains, protocols), archs, not_run))
+        written = {path.parent.relative_to(out).as_posix(): json.loads(path.read_text())
+                   for path in sorted(out.glob("*/*/*/results.json"))}  # this call's tables and earlier ones
+        atomic.write_text(out / "README.md", readme(out, written, compute, missing, command, seconds, args.tiny,
+                                                    grid, archs, not_run))
         console.print(f"[green]written[/] {out}/README.md ({seconds / 60:.1f} min)")
-        evaluated = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/*/results.json"))]  # earlier ones too
-        guess = estimate(compute, evaluated, list(DOMAINS), list(ARCHS), list(METHODS), protocols)
+        guess = estimate(compute, list(written.values()), list(DOMAINS), list(ARCHS), list(METHODS), protocols)
         console.print(
             f"estimate of the full benchmark on this machine, from the step times measured here: pretraining "
             f"{guess['pretraining_hours']:.1f} h wall ({guess['pretraining_cpu_hours']:.1f} h of CPU time of the "

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # torch, timm and friends load on first use: `genbackbones --
     from .data import EvalData
     from .options import DataOptions
 
-__all__ = ["DataOptions", "evaluate", "run_evaluation", "parse_labels", "MEAN_SHAPE"]
+__all__ = ["DataOptions", "evaluate", "run_evaluation", "parse_labels", "resolve_options", "MEAN_SHAPE"]
 
 MEAN_SHAPE = "mean shape"  # the landmark reference row: the training labels' mean shape for every test image
 
@@ -111,8 +111,7 @@ def _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, pr
     from .backbones import check_input, resolve_backbone, resolve_baselines, unique_names
     from .data import check_disjoint, subset_positions
     from .sources import load_data
-    from .options import DataOptions, apply_data_overrides
-    from .tasks import SETTINGS, make_settings
+    from .tasks import SETTINGS
 
     if task not in SETTINGS:
         raise UserError(f"unknown task {task!r}; use one of {', '.join(SETTINGS)}")
@@ -120,8 +119,7 @@ def _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, pr
         raise UserError("give at least one BACKBONE (a run folder, an export folder, hf-hub:org/name or a timm name)")
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
-    data_overrides = [o for o in overrides if o.strip().startswith("data.")]
-    settings = make_settings(task, [o for o in overrides if o not in data_overrides], epochs, protocol)
+    settings, options = resolve_options(task, data, overrides, epochs, protocol)
     requested = parse_labels(labels)
     dev = _device(device)
 
@@ -134,7 +132,6 @@ def _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, pr
     models += extra
     unique_names(models)
 
-    options = apply_data_overrides(DataOptions() if data is None else data, data_overrides)
     if options.resolution is None:
         options.resolution = models[0].input_size or DEFAULT_RESOLUTION
     evaldata = load_data(options, task)
@@ -145,6 +142,18 @@ def _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, pr
     subsets = {(n, s): subset_positions(len(evaldata.train), n, s) for n in counts for s in seed_list}
     check_disjoint(evaldata, subsets)
     return _Plan(task, settings, models, unavailable, options, evaldata, counts, seed_list, subsets, dev)
+
+
+def resolve_options(task: str, data: DataOptions | None, overrides: list[str] = (), epochs: float | None = None,
+                    protocol: str | None = None) -> tuple[object, DataOptions]:
+    """The task's settings and the data options that `overrides` make (`data.*` items go to the data, the rest to
+    the task): what results.json records as `settings` and `data.options`, without loading anything."""
+    from .options import DataOptions, apply_data_overrides
+    from .tasks import make_settings
+
+    data_overrides = [o for o in overrides if o.strip().startswith("data.")]
+    settings = make_settings(task, [o for o in overrides if o not in data_overrides], epochs, protocol)
+    return settings, apply_data_overrides(DataOptions() if data is None else data, data_overrides)
 
 
 def _results(plan: _Plan, runs: list[dict], seconds: float) -> dict:
