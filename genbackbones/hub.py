@@ -147,8 +147,9 @@ def _backbone_files(export: Path, run_dir: Path | None, repo_id: str, tags: list
         files.append(_yaml_file("recipe.yaml", recipe))
     if run_dir is not None and (run_dir / "run.json").exists():
         files.append(_json_file("run.json", run_dir / "run.json"))
-    if run_dir is not None and (run_dir / "evaluation").is_dir():
-        for path in sorted((run_dir / "evaluation").iterdir()):
+    evaluated = _evaluated(run_dir, export)
+    if evaluated is not None:
+        for path in sorted((evaluated / "evaluation").iterdir()):
             if path.is_file() and path.suffix in EVALUATION_SUFFIXES:
                 name = f"evaluation/{path.name}"
                 files.append(_json_file(name, path) if path.suffix == ".json" else RepoFile(name, path))
@@ -173,13 +174,21 @@ def _backbone_card(cfg: dict, export: Path, run_dir: Path | None, repo_id: str, 
     return backbone_card(cfg, load_line(f"{HUB_PREFIX}{repo_id}"), {k: v for k, v in card.items() if v})
 
 
+def _evaluated(run_dir: Path | None, export: Path) -> Path | None:
+    """The folder whose `evaluation/` a push publishes: the run's (newest: it may be evaluated after the export),
+    else the copy an export carries of it (an export written outside its run, `export RUN --out DIR`)."""
+    return next((d for d in (run_dir, export) if d is not None and (d / "evaluation").is_dir()), None)
+
+
 def _evaluation(run_dir: Path | None, export: Path) -> tuple[list, list[dict]]:
-    """EvalResults + table rows from `<run>/evaluation/model_index.json`, else the export card's model-index."""
+    """EvalResults + table rows from the run's or the export's `evaluation/model_index.json`, else the export
+    card's model-index (exports written before exports carried the file: their table rows are not recoverable)."""
     from huggingface_hub import ModelCard
 
     from .evaluate.report import read_model_index
 
-    found = read_model_index(run_dir) if run_dir else None
+    evaluated = _evaluated(run_dir, export)
+    found = read_model_index(evaluated) if evaluated is not None else None
     if found is not None:
         return found
     if (export / "README.md").exists():
