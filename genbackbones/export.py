@@ -35,10 +35,10 @@ import timm
 import torch
 from timm.models import save_for_hf
 
-from . import atomic, outputs
+from . import atomic
 from .backbones import BackboneSpec, create_backbone, is_hrnet, quiet_timm
 from .cards import LOCAL_PREFIX, backbone_card, load_line
-from .errors import UserError, first_line
+from .errors import UserError
 from .evaluate.report import RUN_MODEL_INDEX, read_model_index
 
 
@@ -74,19 +74,14 @@ def backbone_state_from_checkpoint(checkpoint: Path, prefix: str = "backbone.") 
     try:
         state = safetensors.torch.load_file(str(path))
     except Exception as err:
-        raise UserError(f"{path} is unreadable ({first_line(err, 100)}); that checkpoint is damaged "
-                        "(`genbackbones export RUN` takes the newest intact one)") from None
+        raise UserError(f"{path} is unreadable ({err}); the checkpoint is truncated — resume or re-run") from None
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def export_backbone(features: torch.nn.Module, spec: BackboneSpec, out: Path, *, input_size: int, mean, std,
-                    license: str, provenance: dict, card: dict | None = None, overwrite: bool = False,
-                    extra_files: dict[str, str] | None = None, inputs: tuple | list = ()) -> Path:
-    """Write the export folder atomically and check that the plain timm line loads identical features.
-
-    `out` is claimed first (outputs.py): locked, and new or empty unless `overwrite`,
-    which never replaces a run, the `inputs` read, or a folder holding them.
-    """
+                    license: str, provenance: dict, card: dict | None = None, overwrite: bool = True,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Write the export folder atomically and check that the plain timm line loads identical features."""
     model, model_args = _model_to_save(features, spec)
     model.pretrained_cfg = pretrained_cfg_for(spec.arch, input_size, mean, std, license, provenance["method"])
     if model is features:
@@ -95,7 +90,7 @@ def export_backbone(features: torch.nn.Module, spec: BackboneSpec, out: Path, *,
         model.pretrained_cfg.pop("classifier")
     provenance = {**provenance, "feature_channels": list(features.feature_info.channels())}
     out = Path(out)
-    with outputs.claim(out, overwrite=overwrite, inputs=inputs), atomic.directory(out, overwrite=True) as tmp:
+    with atomic.directory(out, overwrite=overwrite) as tmp:
         save_for_hf(model, str(tmp), model_args=model_args, safe_serialization=True,
                     model_config={"genbackbones": provenance})
         config = json.loads((tmp / "config.json").read_text())
@@ -153,17 +148,9 @@ def verify_export(folder: Path, features: torch.nn.Module, input_size: int) -> N
         features.train(was_training)
 
 
-def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None, console=None,
-               overwrite: bool = False) -> Path:
-    """Export the newest intact checkpoint of a run to `<run>/export` (replaced) or `out` (new or empty, or
-    replaced with `overwrite`; never the run itself or a folder holding it).
-
-    Damaged newer checkpoints (engine/checkpoints.py: `verify_checkpoint`) are skipped
-    with one `note:` line each on `console` (default: stderr)."""
-    from rich.console import Console
-    from rich.text import Text
-
-    from .engine.checkpoints import checkpoint_step, latest_intact_checkpoint, no_intact_checkpoint, skipped_notes
+def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None) -> Path:
+    """Export the latest checkpoint of a run to `<run>/export` or `out`."""
+    from .engine.checkpoints import checkpoint_step, latest_checkpoint
     from .methods import get_method
     from .recipes import dump_recipe, load_recipe, to_dict
 
@@ -175,15 +162,10 @@ def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None,
     method = get_method(recipe.method)
     if not method.exports_backbone:
         raise UserError(f"{run_dir} is a {recipe.method} run, which trains no backbone; nothing to export")
-    checkpoint, skipped = latest_intact_checkpoint(run_dir)
-    if checkpoint is None and skipped:
-        raise no_intact_checkpoint(run_dir, skipped, method.command)
+    checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise UserError(f"{run_dir} has no complete checkpoint yet; train it first "
                         f"(genbackbones {method.command} --resume {run_dir})")
-    console = console or Console(stderr=True)
-    for note in skipped_notes(run_dir, skipped):
-        console.print(Text.assemble(("note:", "yellow"), f" {note}"), highlight=False, soft_wrap=True)
     run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     spec = recipe.backbone
     features = create_backbone(spec.with_init("random"))  # the architecture; the weights come from the checkpoint
@@ -222,7 +204,7 @@ def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None,
         extra_files[RUN_MODEL_INDEX.as_posix()] = (run_dir / RUN_MODEL_INDEX).read_text()
     return export_backbone(features, spec, out or run_dir / "export", input_size=run_info.get("resolution", 64),
                            mean=mean_std[0], std=mean_std[1], license=license, provenance=provenance, card=card,
-                           extra_files=extra_files, overwrite=overwrite or out is None, inputs=[run_dir])
+                           extra_files=extra_files)
 
 
 def _data_desc(data) -> str | None:
