@@ -38,7 +38,7 @@ from timm.models import save_for_hf
 from . import atomic
 from .backbones import BackboneSpec, create_backbone, is_hrnet, quiet_timm
 from .cards import LOCAL_PREFIX, backbone_card, load_line
-from .errors import UserError
+from .errors import UserError, first_line
 from .evaluate.report import RUN_MODEL_INDEX, read_model_index
 
 
@@ -74,7 +74,8 @@ def backbone_state_from_checkpoint(checkpoint: Path, prefix: str = "backbone.") 
     try:
         state = safetensors.torch.load_file(str(path))
     except Exception as err:
-        raise UserError(f"{path} is unreadable ({err}); the checkpoint is truncated — resume or re-run") from None
+        raise UserError(f"{path} is unreadable ({first_line(err, 100)}); that checkpoint is damaged "
+                        "(`genbackbones export RUN` takes the newest intact one)") from None
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
@@ -148,9 +149,15 @@ def verify_export(folder: Path, features: torch.nn.Module, input_size: int) -> N
         features.train(was_training)
 
 
-def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None) -> Path:
-    """Export the latest checkpoint of a run to `<run>/export` or `out`."""
-    from .engine.checkpoints import checkpoint_step, latest_checkpoint
+def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None, console=None) -> Path:
+    """Export the newest intact checkpoint of a run to `<run>/export` or `out`.
+
+    Damaged newer checkpoints (engine/checkpoints.py: `verify_checkpoint`) are skipped
+    with one `note:` line each on `console` (default: stderr)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from .engine.checkpoints import checkpoint_step, latest_intact_checkpoint, no_intact_checkpoint, skipped_notes
     from .methods import get_method
     from .recipes import dump_recipe, load_recipe, to_dict
 
@@ -162,10 +169,15 @@ def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None)
     method = get_method(recipe.method)
     if not method.exports_backbone:
         raise UserError(f"{run_dir} is a {recipe.method} run, which trains no backbone; nothing to export")
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint, skipped = latest_intact_checkpoint(run_dir)
+    if checkpoint is None and skipped:
+        raise no_intact_checkpoint(run_dir, skipped, method.command)
     if checkpoint is None:
         raise UserError(f"{run_dir} has no complete checkpoint yet; train it first "
                         f"(genbackbones {method.command} --resume {run_dir})")
+    console = console or Console(stderr=True)
+    for note in skipped_notes(run_dir, skipped):
+        console.print(Text.assemble(("note:", "yellow"), f" {note}"), highlight=False, soft_wrap=True)
     run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     spec = recipe.backbone
     features = create_backbone(spec.with_init("random"))  # the architecture; the weights come from the checkpoint

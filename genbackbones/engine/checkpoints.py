@@ -5,14 +5,27 @@ optimisers, schedulers and other state dicts as `<name>.pt` (read back with
 `torch.load(weights_only=True)`, which runs no code), and `trainer_state.json`
 written last, so a folder without it is incomplete and ignored. RNG state is not
 saved: the loop re-seeds from the step, which is what makes resume bit-identical.
+
+Why every checkpoint is verified before it is used: the folder is renamed into place
+whole, yet a disk that fills, a copy cut short or a bit of rot can still damage a
+file later, and resuming from it used to end in a safetensors traceback. `verify_checkpoint`
+checks what can be checked without loading the model (the step `trainer_state.json`
+records against the folder's name, each object's file present at the size recorded at
+save time, safetensors headers that cover the whole file, `.pt` files that load), and
+`latest_intact_checkpoint` walks back from the newest to the first intact one, saying
+which it skipped and why, so `--resume` and `export` continue from the previous
+checkpoint instead of failing on the newest.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
+import safetensors
 import safetensors.torch
 import torch
 from accelerate import Accelerator
@@ -24,20 +37,103 @@ from ..errors import UserError, first_line
 CHECKPOINTS = "checkpoints"
 
 
+STATE_FILE = "trainer_state.json"
+
+
+class Skipped(NamedTuple):
+    """A damaged checkpoint that was passed over, and why (one phrase, for a `note:` line)."""
+
+    checkpoint: Path
+    reason: str
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """The complete checkpoint folders (those with trainer_state.json), oldest first; not yet verified."""
     root = Path(run_dir) / CHECKPOINTS
-    done = [p for p in root.glob("step-*") if (p / "trainer_state.json").exists()] if root.exists() else []
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+    done = [p for p in root.glob("step-*") if _folder_step(p) is not None and (p / STATE_FILE).exists()] \
+        if root.exists() else []
+    return sorted(done, key=_folder_step)
+
+
+def _folder_step(checkpoint: Path) -> int | None:
+    number = checkpoint.name.split("-", 1)[1] if "-" in checkpoint.name else ""
+    return int(number) if number.isdigit() else None
 
 
 def checkpoint_step(checkpoint: Path) -> int:
     """The step a complete checkpoint folder was saved at."""
-    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["step"]
+    return json.loads((Path(checkpoint) / STATE_FILE).read_text())["step"]
+
+
+def verify_checkpoint(checkpoint: Path) -> str | None:
+    """Why this checkpoint cannot be restored (one phrase), or None when it is intact.
+
+    Cheap for the model: safetensors files are checked through their header (`safe_open`
+    maps the file and refuses one whose header does not cover it exactly, which is
+    what a truncated file looks like), not loaded. `.pt` files (optimiser and scheduler
+    state, small next to the model) are loaded with weights_only=True, which runs no code.
+    """
+    checkpoint = Path(checkpoint)
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        step, objects = state["step"], state["objects"]
+        sizes = state.get("files", {})  # recorded since checkpoints were verified; older ones lack it
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{STATE_FILE} unreadable ({first_line(err, 80)})"
+    if step != _folder_step(checkpoint):
+        return f"{STATE_FILE} records step {step}, not the folder's {_folder_step(checkpoint)}"
+    for name in objects:
+        found = [checkpoint / f"{name}{suffix}" for suffix in (".safetensors", ".pt")
+                 if (checkpoint / f"{name}{suffix}").is_file()]
+        if not found:
+            return f"{name}.safetensors / {name}.pt missing"
+        path = found[0]
+        size, expected = path.stat().st_size, sizes.get(path.name)
+        if expected is not None and size != expected:
+            return f"{path.name} {'truncated' if size < expected else 'damaged'} ({size:,} of {expected:,} bytes)"
+        try:
+            if path.suffix == ".safetensors":
+                with safetensors.safe_open(str(path), framework="pt"):
+                    pass
+            else:
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # safetensors, zip and unpickling errors have no common base
+            return f"{path.name} damaged ({first_line(err, 100)})"
+    return None
+
+
+def latest_intact_checkpoint(run_dir: Path) -> tuple[Path | None, list[Skipped]]:
+    """The newest checkpoint that verifies, and the newer ones skipped because they did not (newest first)."""
+    skipped = []
+    for checkpoint in reversed(checkpoint_dirs(run_dir)):
+        reason = verify_checkpoint(checkpoint)
+        if reason is None:
+            return checkpoint, skipped
+        skipped.append(Skipped(checkpoint, reason))
+    return None, skipped
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
+    """The newest intact checkpoint (`latest_intact_checkpoint` without the list of skipped ones)."""
+    return latest_intact_checkpoint(run_dir)[0]
+
+
+def skipped_notes(run_dir: Path, skipped: list[Skipped]) -> list[str]:
+    """One line per skipped checkpoint, its folder relative to the run: `skipped checkpoints/step-0000008: ...`."""
+    run_dir = Path(run_dir)
+    return [f"skipped {_shown(s.checkpoint, run_dir)}: {s.reason}" for s in skipped]
+
+
+def _shown(checkpoint: Path, run_dir: Path) -> str:
+    return checkpoint.relative_to(run_dir).as_posix() if checkpoint.is_relative_to(run_dir) else str(checkpoint)
+
+
+def no_intact_checkpoint(run_dir: Path, skipped: list[Skipped], command: str) -> UserError:
+    """The one-line error for a run whose every checkpoint is damaged: what was found, and how to start again."""
+    newest = skipped[0]
+    return UserError(f"{run_dir} has no intact checkpoint ({len(skipped)} damaged; the newest, "
+                     f"{newest.checkpoint.name}: {newest.reason}); train it again from its saved recipe: "
+                     f"`genbackbones {command} {shlex.quote(str(Path(run_dir) / 'recipe.yaml'))} -o NEW_FOLDER`")
 
 
 def _unwrap(obj):
@@ -64,7 +160,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: in
                     safetensors.torch.save_file(state, str(tmp / f"{name}.safetensors"))
                 else:
                     torch.save(obj.state_dict(), tmp / f"{name}.pt")
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "objects": list(objects)}))
+            files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}  # verify_checkpoint checks them
+            (tmp / STATE_FILE).write_text(json.dumps({"step": step, "objects": list(objects), "files": files}))
         for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -85,9 +182,9 @@ def load_checkpoint(checkpoint: Path, objects: dict[str, object], device: torch.
         except FileNotFoundError:
             raise UserError(f"checkpoint {checkpoint} has no state for {name!r}; it was written by another "
                             "method or version — start a new run") from None
-        except (RuntimeError, OSError, ValueError) as err:
-            raise UserError(f"checkpoint {checkpoint} cannot be restored ({name}: {first_line(err, 150)}); "
-                            "delete that step folder to fall back to the previous one") from None
+        except (RuntimeError, OSError, ValueError) as err:  # intact files (verified) that do not fit the task
+            raise UserError(f"checkpoint {checkpoint} does not fit this run ({name}: {first_line(err, 150)}); it "
+                            "was written by another recipe or version — start a new run") from None
     return checkpoint_step(checkpoint)
 
 

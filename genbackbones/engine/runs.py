@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.text import Text
 
 from .. import atomic
 from ..data.grids import grid_image, save_png
@@ -41,7 +42,9 @@ from ..errors import UserError, first_line
 from ..methods import get_method
 from ..recipes import Recipe, dump_recipe, load_recipe, to_dict
 from ..version import versions
-from .checkpoints import checkpoint_step, latest_checkpoint, load_checkpoint
+from ..interrupt import command_line, print_interrupted
+from .checkpoints import (checkpoint_step, latest_checkpoint, latest_intact_checkpoint, load_checkpoint,
+                          no_intact_checkpoint, skipped_notes)
 from .loop import StepCost, count_step_flops, log_image, make_accelerator, resolve_budget, run_loop, tracker_config
 
 RUN_STATUSES = ("running", "interrupted", "failed", "trained", "exported")
@@ -67,11 +70,13 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
     num_processes = int(os.environ.get("WORLD_SIZE", "1"))
     prepared = method.prepare(recipe, num_processes)
     previous = _read_run_info(run_dir) if run_dir is not None else {}
-    checkpoint = None
+    checkpoint, skipped = None, []
     if run_dir is None:
         run_dir = new_run_dir(recipe, output)  # only a path until everything is resolved
-    else:
-        checkpoint = latest_checkpoint(run_dir)
+    else:  # the newest checkpoint that verifies; damaged newer ones are skipped with a note
+        checkpoint, skipped = latest_intact_checkpoint(run_dir)
+        if checkpoint is None and skipped:
+            raise no_intact_checkpoint(run_dir, skipped, method.command)
     accelerator = make_accelerator(recipe.train, run_dir, prepared.find_unused_parameters)
     cost = recorded_step_cost(previous, accelerator) or measure_step_cost(method, prepared, recipe, accelerator)
     budget = resolve_budget(recipe.train, cost) or previous.get("budget")
@@ -99,6 +104,8 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
     if accelerator.is_main_process:
         console.print(f"[bold]run[/] {run_dir}  ·  {recipe.method}  ·  {method.banner(prepared, recipe)}",
                       highlight=False, soft_wrap=True)
+        for note in skipped_notes(run_dir, skipped):
+            console.print(Text.assemble(("note:", "yellow"), f" {note}"), highlight=False, soft_wrap=True)
         if start:
             console.print(f"resuming from step {start} ({checkpoint})", highlight=False, soft_wrap=True)
         if previous.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
@@ -122,9 +129,8 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
             info["error"] = f"{type(err).__name__}: {first_line(err, 200)}"
         write_run_info(accelerator, run_dir, info)
         if interrupted and accelerator.is_main_process:
-            console.print(f"[yellow]interrupted[/]: {run_dir} is kept at its last checkpoint (step "
-                          f"{info['last_checkpoint_step']}); continue it with `genbackbones {method.command} "
-                          f"--resume {run_dir}`", highlight=False, soft_wrap=True)
+            print_interrupted(console, f"{run_dir} is kept at its last checkpoint (step "
+                              f"{info['last_checkpoint_step']})", command_line([method.command, "--resume", run_dir]))
         raise
     seconds = time.perf_counter() - t0
 
