@@ -7,6 +7,7 @@
                             tests and speed measurements, not for a backbone worth using
     a folder                our format (formats/folder.py; `convert` writes these)
     NVIDIA `.pkl`           stylegan2-ada-pytorch / stylegan3 (formats/nvidia_pickle.py, no code runs)
+    NVIDIA TensorFlow `.pkl`  NVlabs/stylegan2 config-e/f, stylegan2-ada (formats/tf_pickle.py, no code runs)
     rosinality `.pt`        rosinality/stylegan2-pytorch (formats/rosinality.py)
     hf-hub:org/name[@rev]   a Hub repo in our format (works offline from the HF cache)
 
@@ -29,6 +30,7 @@ from .formats.folder import D_FILE, G_FILE, META_FILE, Provenance, build_meta, b
     save_generator, sha256_file
 from .formats.nvidia_pickle import NvidiaNetwork, read_network_pickle
 from .formats.rosinality import read_rosinality_checkpoint
+from .formats.tf_pickle import is_tf_pickle, read_tf_pickle
 from .stylegan2 import Generator
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -121,6 +123,8 @@ def _open_local(path: Path, network: str | None) -> GeneratorHandle:
         raise UserError(f"{path} is part of a generator folder; pass the folder {path.parent} instead")
     if path.suffix in _TORCH_SUFFIXES or _is_zip(path):
         return _from_networks(read_rosinality_checkpoint(path), network, path, "rosinality")
+    if is_tf_pickle(path):
+        return _from_networks(read_tf_pickle(path), network, path, "nvidia-tf-pickle")
     return _from_networks(read_network_pickle(path), network, path, "nvidia-pickle")
 
 
