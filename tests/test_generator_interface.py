@@ -78,3 +78,70 @@ def test_bad_substitute_shape_and_unknown_tap_are_clear_errors():
         G.resume(trace, "synthesis.b8.x", torch.zeros(2, 1, 8, 8))
     with pytest.raises(KeyError, match="unknown tap"):
         G.resume(trace, "synthesis.b9.x", torch.zeros(1))
+
+
+# ----------------------------------------------------------------------------- StyleGAN3 (alias-free)
+
+
+@pytest.fixture(scope="module", params=["sg3-t32", "sg3-r32"])
+def stylegan3(request):
+    from genbackbones.generators.open import open_generator
+
+    return open_generator(f"random:{request.param}").G
+
+
+def test_stylegan3_taps_resume_exactly_and_are_larger_than_the_image(stylegan3):
+    G = stylegan3
+    assert isinstance(G, FrozenGenerator)
+    trace = G.trace(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(1)), truncation_psi=0.7)
+    specs = G.tap_specs()
+    assert list(specs) == ["synthesis.input", *(f"synthesis.{n}" for n in G.synthesis.layer_names)]
+    assert [specs[n].resolution for n in specs] == [36] * 6 + [52] * 8 + [32] * 2  # margins, then critical layers
+    assert specs[list(specs)[-1]].kind == "img" and specs[list(specs)[-1]].channels == 3
+    for tap, spec in specs.items():
+        t = trace.taps[tap]
+        assert t.shape[1:] == (spec.channels, spec.resolution, spec.resolution), tap
+        assert torch.equal(G.resume(trace, tap, t.clone()), trace.img), f"resume from {tap} changed the image"
+
+
+def test_stylegan3_resume_is_differentiable_and_changes_image(stylegan3):
+    G = stylegan3
+    trace = G.trace(torch.randn(2, G.z_dim))
+    tap = "synthesis.L5_52_64" if "synthesis.L5_52_64" in trace.taps else "synthesis.L5_52_128"
+    sub = (trace.taps[tap] + 0.5 * torch.randn_like(trace.taps[tap])).requires_grad_(True)
+    img = G.resume(trace, tap, sub)
+    assert not torch.equal(img, trace.img)
+    ((img - trace.img) ** 2).mean().backward()
+    assert sub.grad is not None and sub.grad.abs().sum() > 0
+    assert all(p.grad is None for p in G.parameters()), "the frozen generator must not collect gradients"
+
+
+def test_stylegan3_styles_path_equals_ws_path_and_truncation_moves_towards_w_avg(stylegan3):
+    G = stylegan3
+    z = torch.randn(3, G.z_dim)
+    ws = G.mapping(z, None)
+    styles = G.synthesis.compute_styles(ws)
+    assert {k: v.shape[1] for k, v in styles.items()} == G.style_dims()
+    assert G.style_dims()["synthesis.input"] == 4  # rotation (cos, sin) and translation of the Fourier features
+    assert torch.equal(G.synthesis(ws), G.synthesize_from_styles(styles))
+    # a different style for one layer changes the image: every layer is driven by its own style
+    other = {**styles, G.synthesis.style_layers[3]: styles[G.synthesis.style_layers[3]].flip(0)}
+    assert not torch.equal(G.synthesize_from_styles(other), G.synthesize_from_styles(styles))
+    centre = ws[:, 0].mean(0)
+    saved = G.mapping.w_avg.clone()
+    with torch.no_grad():
+        G.mapping.w_avg.copy_(centre)
+        half = G.mapping(z, None, truncation_psi=0.5)
+        G.mapping.w_avg.copy_(saved)
+    assert torch.allclose(half, (ws + centre) / 2, atol=1e-6)
+
+
+def test_stylegan3_bad_substitute_and_unknown_tap_are_clear_errors(stylegan3):
+    G = stylegan3
+    trace = G.trace(torch.randn(2, G.z_dim))
+    with pytest.raises(ValueError, match="expected"):
+        G.resume(trace, "synthesis.input", torch.zeros(2, 1, 36, 36))
+    with pytest.raises(KeyError, match="unknown tap"):
+        G.resume(trace, "synthesis.b8.x", torch.zeros(1))
+    with pytest.raises(ValueError, match="styles missing"):
+        G.synthesize_from_styles({})

@@ -264,7 +264,7 @@ def test_cli_subprocess_refuses_hostile_pickle(tmp_path):
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: refused to load global os.system from network.pkl: only NVIDIA "
-                                   "StyleGAN2 network pickles (stylegan2-ada-pytorch, stylegan3 --cfg=stylegan2) "
+                                   "StyleGAN2 / StyleGAN3 network pickles (stylegan2-ada-pytorch, stylegan3) "
                                    "are supported, and nothing from this file was run")
     assert not marker.exists()
 
@@ -300,10 +300,12 @@ def record(class_name: str, kwargs: dict, module_src: str = "", children: dict |
     return PersistentRecord(class_name, state, module_src)
 
 
-def test_stylegan3_alias_free_generator_is_refused():
+def test_stylegan3_alias_free_generator_is_recognised():
+    """networks_stylegan3's generator (test_stylegan3_pickle.py loads whole ones): no StyleGAN2 defaults added."""
     rec = record("Generator", {"z_dim": 512}, module_src="class SynthesisInput(torch.nn.Module): ...")
-    with pytest.raises(UserError, match="StyleGAN3 \\(alias-free\\) network"):
-        network_from_record(rec, "stylegan3-t-ffhq.pkl:G_ema", "Generator")
+    net = network_from_record(rec, "stylegan3-t-ffhq.pkl:G_ema", "Generator")
+    assert net.architecture == "stylegan3" and net.family == "stylegan3" and net.init_kwargs == {"z_dim": 512}
+    assert network_from_record(record("Generator", {}), "x", "Generator").architecture == "stylegan2"
 
 
 def test_wrong_class_is_refused():

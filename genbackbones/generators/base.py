@@ -3,7 +3,8 @@
 A method never imports a GAN family's module: it asks a `FrozenGenerator` for
 latents, a traced synthesis pass (activations + styles + noise), a resumed pass
 from a substituted activation, and synthesis from per-layer styles. StyleGAN2
-(`stylegan2.Generator`) implements it; another family only has to do the same.
+(`stylegan2.Generator`) and StyleGAN3 (`stylegan3.Generator`) implement it; another
+family only has to do the same.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class GeneratorHandle:
     Every source kind (`generators.open.open_generator`) returns this one type.
     """
 
-    G: Generator
+    G: Generator  # or a stylegan3.Generator: both are FrozenGenerators
     D: Discriminator | None = None
     meta: dict = field(default_factory=dict)
 
@@ -80,6 +81,10 @@ class GeneratorHandle:
         trained = self.meta.get("trained", True)
         source = self.meta.get("source")
         desc = self.meta.get("description") or (
-            f"randomly initialised StyleGAN2 ({source}, untrained)" if not trained else source)
+            f"randomly initialised {_family_name(self.G)} ({source}, untrained)" if not trained else source)
         return {"source": source, "sha256": self.sha256, "license": self.license, "trained": trained,
                 "description": desc, "resolution": self.G.img_resolution, "network": self.meta.get("network")}
+
+
+def _family_name(G: torch.nn.Module) -> str:
+    return "StyleGAN3" if getattr(G, "family", None) == "stylegan3" else "StyleGAN2"

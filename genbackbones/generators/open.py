@@ -2,9 +2,10 @@
 
     bundled                 the small generator trained on the procedural faces, shipped in
                             `genbackbones/assets/faces64` (docs/generators.md)
-    random:<preset>         a seeded, randomly initialised StyleGAN2: a real generator function
-                            (structured, multi-scale activations) but not a trained one; for smoke
-                            tests and speed measurements, not for a backbone worth using
+    random:<preset>         a seeded, randomly initialised StyleGAN2 (or StyleGAN3: sg3-* presets): a
+                            real generator function (structured, multi-scale activations) but not a
+                            trained one; for smoke tests and speed measurements, not for a backbone
+                            worth using
     a folder                our format (formats/folder.py; `convert` writes these)
     NVIDIA `.pkl`           stylegan2-ada-pytorch / stylegan3 (formats/nvidia_pickle.py, no code runs)
     NVIDIA TensorFlow `.pkl`  NVlabs/stylegan2 config-e/f, stylegan2-ada (formats/tf_pickle.py, no code runs)
@@ -32,6 +33,7 @@ from .formats.nvidia_pickle import NvidiaNetwork, read_network_pickle
 from .formats.rosinality import read_rosinality_checkpoint
 from .formats.tf_pickle import is_tf_pickle, read_tf_pickle
 from .stylegan2 import Generator
+from .stylegan3 import Generator as StyleGAN3Generator
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 BUNDLED_DIR = ASSETS / "faces64"
@@ -50,10 +52,33 @@ RANDOM_PRESETS: dict[str, dict] = {
                     mapping_kwargs={"num_layers": 8},
                     synthesis_kwargs={"channel_base": 16384, "channel_max": 512, "num_fp16_res": 4,
                                       "conv_clamp": 256}),
+    # 256 px / 512 px, 30 M parameters in G: NVIDIA's TensorFlow config-f LSUN networks as tf_pickle.py converts
+    # them (stylegan2-church-config-f.pkl, stylegan2-car-config-f.pkl: fmap_base 16384 -> channel_base 32768,
+    # fp32, no clamping); the car network draws 512x384 pictures inside 512x512 squares. Random weights: for
+    # checking that the LSUN recipes run, not for features
+    "church256": dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=256, img_channels=3,
+                      mapping_kwargs={"num_layers": 8},
+                      synthesis_kwargs={"channel_base": 32768, "channel_max": 512}),
+    "car512": dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=512, img_channels=3,
+                   mapping_kwargs={"num_layers": 8},
+                   synthesis_kwargs={"channel_base": 32768, "channel_max": 512}),
     # 32 px, tiny: for tests
     "tiny32": dict(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
                    mapping_kwargs={"num_layers": 2},
                    synthesis_kwargs={"channel_base": 1024, "channel_max": 64}),
+}
+
+# StyleGAN3 architectures for `random:` (a separate table: RANDOM_PRESETS are also StyleGAN2 training presets)
+RANDOM_STYLEGAN3_PRESETS: dict[str, dict] = {
+    # 32 px, tiny, --cfg=stylegan3-t (3x3 convs, separable filters): layers of 36 and 52 px, 64 channels
+    "sg3-t32": dict(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
+                    mapping_kwargs={"num_layers": 2},
+                    synthesis_kwargs={"channel_base": 1024, "channel_max": 64, "magnitude_ema_beta": 0.999}),
+    # 32 px, tiny, --cfg=stylegan3-r (1x1 convs, radial down-sampling filters), channels doubled as train.py does
+    "sg3-r32": dict(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
+                    mapping_kwargs={"num_layers": 2},
+                    synthesis_kwargs={"channel_base": 2048, "channel_max": 128, "conv_kernel": 1,
+                                      "use_radial_filters": True, "magnitude_ema_beta": 0.999}),
 }
 
 
@@ -84,12 +109,13 @@ def open_generator(source: str | Path, network: str | None = "G_ema", seed: int 
 
 
 def random_generator(preset: str, seed: int) -> GeneratorHandle:
-    if preset not in RANDOM_PRESETS:
-        raise UserError(f"unknown random generator preset {preset!r}; choose from {', '.join(RANDOM_PRESETS)}")
-    kwargs = RANDOM_PRESETS[preset]
+    presets = {**RANDOM_PRESETS, **RANDOM_STYLEGAN3_PRESETS}
+    if preset not in presets:
+        raise UserError(f"unknown random generator preset {preset!r}; choose from {', '.join(presets)}")
+    kwargs = presets[preset]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        G = Generator(**kwargs)
+        G = StyleGAN3Generator(**kwargs) if preset in RANDOM_STYLEGAN3_PRESETS else Generator(**kwargs)
         with torch.no_grad():  # untrained noise strengths are 0; give the noise inputs a role
             for name, p in G.named_parameters():
                 if name.endswith("noise_strength"):
@@ -138,7 +164,7 @@ def _from_networks(networks: dict[str, NvidiaNetwork], network: str | None, sour
         raise UserError(f"{source.name} has no {network} network (it has: {', '.join(networks) or 'none'})")
     g = networks[network]
     where = f"{source.name}:{network}"
-    G = build_network("Generator", g.init_kwargs, g.state_dict, where)
+    G = build_network("Generator", g.init_kwargs, g.state_dict, where, family=g.architecture)
     D = None
     if "D" in networks:
         D = build_network("Discriminator", networks["D"].init_kwargs, networks["D"].state_dict, f"{source.name}:D")

@@ -1,6 +1,7 @@
 """Our generator format: a folder (a Hugging Face Hub repo can hold the same files).
 
-    generator.json              what to build and where it came from (see `build_meta`)
+    generator.json              what to build and where it came from (see `build_meta`); its
+                                "class" names the family: "stylegan2" or "stylegan3"
     generator.safetensors       the generator's state dict, NVIDIA key names
     discriminator.safetensors   the discriminator's state dict, only if there is one
 
@@ -26,12 +27,15 @@ from ... import atomic
 from ...errors import UserError
 from ..base import GeneratorHandle
 from ..stylegan2 import Discriminator, Generator
+from ..stylegan3 import Generator as StyleGAN3Generator
 from .nvidia_pickle import to_plain
 
 FORMAT = "genbackbones.generator/1"
 META_FILE = "generator.json"
 G_FILE = "generator.safetensors"
 D_FILE = "discriminator.safetensors"
+# generator.json "class" -> the generator class; the discriminator is StyleGAN2's for both (as NVIDIA pairs them)
+GENERATOR_CLASSES: dict[str, type[nn.Module]] = {"stylegan2": Generator, "stylegan3": StyleGAN3Generator}
 
 
 @dataclass
@@ -48,13 +52,21 @@ class Provenance:
 # ----------------------------------------------------------------------------- our format
 
 
-def build_meta(G: Generator, D: Discriminator | None, provenance: Provenance) -> dict[str, Any]:
+def generator_family(G: nn.Module) -> str:
+    """'stylegan2' or 'stylegan3': what `generator.json` records so that the folder builds the same class."""
+    for family, cls in GENERATOR_CLASSES.items():
+        if type(G) is cls:
+            return family
+    raise TypeError(f"not a generator genbackbones can save: {type(G).__name__}")
+
+
+def build_meta(G: nn.Module, D: Discriminator | None, provenance: Provenance) -> dict[str, Any]:
     """The content of `generator.json`."""
     from ...version import __version__
 
     return {
         "format": FORMAT,
-        "class": "stylegan2",
+        "class": generator_family(G),
         "G_init_kwargs": to_plain(G.init_kwargs),
         "D_init_kwargs": to_plain(D.init_kwargs) if D is not None else None,
         "w_avg": provenance.w_avg,
@@ -66,7 +78,7 @@ def build_meta(G: Generator, D: Discriminator | None, provenance: Provenance) ->
     }
 
 
-def save_generator(path: str | Path, G: Generator, D: Discriminator | None = None,
+def save_generator(path: str | Path, G: nn.Module, D: Discriminator | None = None,
                    provenance: Provenance | None = None, overwrite: bool = False) -> Path:
     """Write G (and D) in our format; the folder appears complete or not at all."""
     from safetensors.torch import save
@@ -96,7 +108,8 @@ def load_folder(folder: str | Path, network: str | None = None) -> GeneratorHand
         raise UserError(f"{folder} holds the checkpoint's {meta['network']}, not {network}; convert the original "
                         f"checkpoint with --network {network}, or ask for network={meta['network']!r}")
     where = f"{folder / META_FILE}"
-    G = build_network("Generator", meta["G_init_kwargs"], _read_safetensors(folder / G_FILE), where)
+    G = build_network("Generator", meta["G_init_kwargs"], _read_safetensors(folder / G_FILE), where,
+                      family=meta["class"])
     meta["sha256"] = sha256_file(folder / G_FILE)  # names the weights (a trained folder has no source_sha256)
     D = None
     if meta.get("D_init_kwargs") is not None:
@@ -119,9 +132,10 @@ def read_meta(folder: Path) -> dict[str, Any]:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise UserError(f"{path} has format {found!r}, expected {FORMAT!r}; re-create the folder with "
                         "`genbackbones generator convert` (or upgrade genbackbones)")
-    if meta.get("class") != "stylegan2" or not isinstance(meta.get("G_init_kwargs"), dict):
-        raise UserError(f"{path}: expected class 'stylegan2' and a G_init_kwargs object; the file was edited or "
-                        "damaged, re-create the folder with `genbackbones generator convert`")
+    if meta.get("class") not in GENERATOR_CLASSES or not isinstance(meta.get("G_init_kwargs"), dict):
+        raise UserError(f"{path}: expected class {' or '.join(map(repr, GENERATOR_CLASSES))} and a G_init_kwargs "
+                        "object; the file was edited or damaged, re-create the folder with `genbackbones generator "
+                        "convert`")
     meta.setdefault("network", "G_ema")
     return meta
 
@@ -143,14 +157,18 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- building networks
 
 
-def build_network(class_name: str, init_kwargs: dict, state_dict: dict[str, torch.Tensor], where: str) -> nn.Module:
-    """Construct our Generator/Discriminator from kwargs, load the weights strictly, freeze it."""
-    cls = {"Generator": Generator, "Discriminator": Discriminator}[class_name]
+def build_network(class_name: str, init_kwargs: dict, state_dict: dict[str, torch.Tensor], where: str,
+                  family: str = "stylegan2") -> nn.Module:
+    """Construct our Generator/Discriminator from kwargs, load the weights strictly, freeze it.
+
+    `family` picks the generator ('stylegan2' or 'stylegan3'); discriminators are StyleGAN2's."""
+    cls = GENERATOR_CLASSES[family] if class_name == "Generator" else Discriminator
+    name = "StyleGAN3" if cls is StyleGAN3Generator else "StyleGAN2"
     try:
         module = cls(**init_kwargs)
     except (TypeError, ValueError, KeyError, AssertionError) as err:
-        raise UserError(f"{where}: cannot build a StyleGAN2 {class_name} from its recorded arguments ({err}); "
-                        "the checkpoint may come from a modified StyleGAN2 fork, which is not supported") from None
+        raise UserError(f"{where}: cannot build a {name} {class_name} from its recorded arguments ({err}); "
+                        f"the checkpoint may come from a modified {name} fork, which is not supported") from None
     load_strict(module, state_dict, f"{where} ({class_name})")
     return module.eval().requires_grad_(False)
 

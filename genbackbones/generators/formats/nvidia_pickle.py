@@ -1,4 +1,4 @@
-"""Read NVIDIA StyleGAN2 network pickles as data, without running code from them.
+"""Read NVIDIA StyleGAN2 and StyleGAN3 network pickles as data, without running code from them.
 
 NVIDIA's stylegan2-ada-pytorch and stylegan3 save their networks with plain
 `pickle`. Loading such a file the usual way imports whatever modules it names and
@@ -15,14 +15,18 @@ files as pure data:
   searched for marker strings; it is never executed.
 * Tensors nested as legacy `torch.save` blobs are read with
   `torch.load(weights_only=True)`, which is restricted in the same spirit.
+* numpy arrays (StyleGAN3 layers keep their sizes as arrays in their attributes) are
+  rebuilt from raw bytes of plain numeric dtypes only, never from pickled objects.
 * The snapshot's `augment_pipe` (also a persistent object) and `training_set_kwargs`
   pass through the same allowlist as inert data and are ignored.
 * `read_network_pickle` turns the records into `NvidiaNetwork`s: the constructor
   arguments and a state dict with NVIDIA's key names, ready for our `Generator` /
-  `Discriminator` (which `formats/folder.py`'s `build_network` builds and loads strictly).
+  `Discriminator` (which `formats/folder.py`'s `build_network` builds and loads strictly);
+  `NvidiaNetwork.architecture` says whether the generator is a StyleGAN2 or a StyleGAN3
+  (alias-free, `training.networks_stylegan3`) one.
 
-Legacy TensorFlow pickles and StyleGAN3 (alias-free) networks are recognised and
-refused with a message saying what to do instead.
+Legacy TensorFlow pickles are recognised and refused with a message saying what to do
+instead (formats/tf_pickle.py reads them).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ _STYLEGAN3_DEFAULTS = {
 # Generator kwargs stylegan3 added that only pick a GPU speed path; our networks ignore them.
 _DROPPED_GENERATOR_KWARGS = ("fused_modconv_default",)
 
-_ADVICE = ("only NVIDIA StyleGAN2 network pickles (stylegan2-ada-pytorch, stylegan3 --cfg=stylegan2) are supported, "
+_ADVICE = ("only NVIDIA StyleGAN2 / StyleGAN3 network pickles (stylegan2-ada-pytorch, stylegan3) are supported, "
            "and nothing from this file was run")
 
 
@@ -152,10 +156,56 @@ def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype
 
 def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
     """Stand-in for numpy's `multiarray.scalar`: plain numbers (bool/int/float/complex) from raw bytes only."""
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc" or dtype.names is not None \
-            or dtype.hasobject or not isinstance(data, bytes) or len(data) != dtype.itemsize:
+    if not _plain_number_dtype(dtype) or not isinstance(data, bytes) or len(data) != dtype.itemsize:
         raise Refused("a numpy scalar that is not a plain number")
     return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+class _NdarrayName:
+    """What the global `numpy.ndarray` resolves to: a name for `_numpy_reconstruct` to check, nothing callable."""
+
+    def __init__(self, *args, **kwargs):
+        raise Refused("a direct call of numpy.ndarray")
+
+
+class _CheckedArray(np.ndarray):
+    """A numpy array whose pickled state is checked before numpy's own `__setstate__` copies it in.
+
+    Pickle rebuilds an array as `_reconstruct(ndarray, (0,), b'b')` and then BUILDs it with the state
+    (version, shape, dtype, fortran order, raw bytes); only plain numbers in raw bytes pass here,
+    so no object can come out of an array.
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise Refused("a malformed numpy array")
+        _, shape, dtype, _, data = state
+        if not _int_tuple(shape) or not _plain_number_dtype(dtype) or not isinstance(data, (bytes, bytearray)) \
+                or len(data) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise Refused("a numpy array that is not plain numbers")
+        super().__setstate__(state)
+
+
+def _numpy_reconstruct(cls: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """Stand-in for numpy's `multiarray._reconstruct`: an empty array that only checked state can fill."""
+    if cls is not _NdarrayName or shape != (0,) or typecode != b"b":
+        raise Refused("a numpy array of another class")
+    return np.ndarray.__new__(_CheckedArray, (0,), np.uint8)
+
+
+def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """Stand-in for numpy's `numeric._frombuffer` (arrays pickled with protocol 5): plain numbers only."""
+    if not isinstance(buffer, (bytes, bytearray)) or not _plain_number_dtype(dtype) or not _int_tuple(shape) \
+            or order not in ("C", "F"):
+        raise Refused("a numpy array that is not plain numbers")
+    if len(buffer) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise Refused("a numpy array whose data does not match its shape")
+    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(tuple(shape), order=order).copy(order=order)
+
+
+def _plain_number_dtype(dtype: Any) -> bool:
+    return isinstance(dtype, np.dtype) and dtype.kind in "biufc" and dtype.names is None and not dtype.hasobject \
+        and dtype.subdtype is None
 
 
 def _int_tuple(value: Any) -> bool:
@@ -164,7 +214,9 @@ def _int_tuple(value: Any) -> bool:
 
 # Exactly the globals found in real NVIDIA network pickles (checked on pickles written by
 # stylegan2-ada-pytorch and stylegan3 with pickle protocols 3 and 4). `builtins.set` appears with
-# protocol <= 3 (Python 3.7, which NVIDIA used) for torch's `_non_persistent_buffers_set`.
+# protocol <= 3 (Python 3.7, which NVIDIA used) for torch's `_non_persistent_buffers_set`. StyleGAN3
+# layers keep numpy arrays as attributes (`size`, `in_size`, `out_size`), hence the array globals;
+# `_frombuffer` is how numpy pickles a contiguous array with protocol 5.
 ALLOWED_GLOBALS: dict[tuple[str, str], Callable] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
     ("dnnlib.util", "EasyDict"): EasyDict,
@@ -176,6 +228,11 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable] = {
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,  # written by numpy 1.x
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,  # written by numpy 2.x
     ("numpy", "dtype"): _numpy_dtype,
+    ("numpy", "ndarray"): _NdarrayName,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,  # numpy 1.x
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,  # numpy 2.x
+    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
 }
 
 
@@ -202,8 +259,10 @@ class NvidiaNetwork:
     """One network in NVIDIA's layout: class, constructor kwargs, state dict with NVIDIA's key names.
 
     `family` is 'stylegan2-ada' or 'stylegan3' (the repository whose `networks` code wrote it);
+    `architecture` is the generator's: 'stylegan2' (also stylegan3 --cfg=stylegan2) or 'stylegan3'
+    (alias-free); a discriminator is always StyleGAN2's.
     `w_avg` says where the generator's `mapping.w_avg` came from (None for discriminators).
-    Also the target of `rosinality.py`, which translates into this layout.
+    Also the target of `rosinality.py` and `tf_pickle.py`, which translate into this layout.
     """
 
     class_name: str  # 'Generator' | 'Discriminator'
@@ -211,6 +270,7 @@ class NvidiaNetwork:
     state_dict: dict[str, torch.Tensor]
     family: str = "stylegan2-ada"
     w_avg: str | None = "source"
+    architecture: str = "stylegan2"
 
 
 def load_pickle(path: str | Path) -> Any:
@@ -251,45 +311,52 @@ def read_network_pickle(path: str | Path) -> dict[str, NvidiaNetwork]:
 
 
 def network_from_record(record: PersistentRecord, where: str, expected_class: str) -> NvidiaNetwork:
-    """Check that `record` is a StyleGAN2 network we implement and collect its kwargs and weights."""
-    _check_supported(record, where, expected_class)
-    family = _family(record)
+    """Check that `record` is a StyleGAN2 / StyleGAN3 network we implement and collect its kwargs and weights."""
+    if record.class_name != expected_class:
+        raise UserError(f"{where} is a {record.class_name}, expected a StyleGAN2 {expected_class} (or a StyleGAN3 "
+                        "one); only NVIDIA's StyleGAN2 and StyleGAN3 networks are supported")
+    architecture = _architecture(record)
+    family = _family(record, architecture)
     return NvidiaNetwork(
         class_name=record.class_name,
-        init_kwargs=_init_kwargs(record, family, where),
+        init_kwargs=_init_kwargs(record, family, architecture, where),
         state_dict=flatten_state(record, where),
         family=family,
         w_avg="source" if record.class_name == "Generator" else None,
+        architecture=architecture,
     )
 
 
-def _check_supported(record: PersistentRecord, where: str, expected_class: str) -> None:
+def _architecture(record: PersistentRecord) -> str:
+    """'stylegan3' for an alias-free generator (networks_stylegan3: its source, or a synthesis with an input
+    layer of Fourier features), else 'stylegan2'. The source is only searched, never run."""
+    if record.class_name != "Generator":
+        return "stylegan2"
     src = record.module_src
-    if "class SynthesisInput" in src or "filtered_lrelu" in src:
-        raise UserError(f"{where} is a StyleGAN3 (alias-free) network, which genbackbones does not implement; "
-                        "use a StyleGAN2 checkpoint (stylegan2-ada-pytorch, or stylegan3 trained with --cfg=stylegan2)")
-    if record.class_name != expected_class:
-        raise UserError(f"{where} is a {record.class_name}, expected a StyleGAN2 {expected_class}; only NVIDIA "
-                        "StyleGAN2 networks are supported")
+    synthesis = (record.state.get("_modules") or {}).get("synthesis")
+    has_input = isinstance(synthesis, PersistentRecord) and "input" in (synthesis.state.get("_modules") or {})
+    return "stylegan3" if "class SynthesisInput" in src or "filtered_lrelu" in src or has_input else "stylegan2"
 
 
-def _family(record: PersistentRecord) -> str:
+def _family(record: PersistentRecord, architecture: str) -> str:
     """Which NVIDIA repository wrote it: decides the defaults of kwargs the file does not record."""
-    return "stylegan3" if "fused_modconv_default" in record.module_src else "stylegan2-ada"
+    if architecture == "stylegan3" or "fused_modconv_default" in record.module_src:
+        return "stylegan3"
+    return "stylegan2-ada"
 
 
-def _init_kwargs(record: PersistentRecord, family: str, where: str) -> dict:
+def _init_kwargs(record: PersistentRecord, family: str, architecture: str, where: str) -> dict:
     kwargs = to_plain(record.state.get("_init_kwargs") or {})
     args = list(to_plain(record.state.get("_init_args") or ()))
     names = _POSITIONAL_ARGS[record.class_name]
     if not isinstance(kwargs, dict) or len(args) > len(names):
         raise UserError(f"{where}: unexpected constructor arguments {args!r}; the network was not built by "
-                        "NVIDIA's StyleGAN2 code")
+                        "NVIDIA's StyleGAN2 / StyleGAN3 code")
     kwargs.update(zip(names, args))
     if record.class_name == "Generator":
         for name in _DROPPED_GENERATOR_KWARGS:
             kwargs.pop(name, None)
-    if family == "stylegan3":
+    if family == "stylegan3" and architecture == "stylegan2":
         kwargs = _with_stylegan3_defaults(record.class_name, kwargs)
     return kwargs
 
@@ -327,13 +394,13 @@ def flatten_state(record: PersistentRecord, where: str, prefix: str = "") -> dic
 
 
 def to_plain(value: Any) -> Any:
-    """EasyDicts, tuples and numpy scalars -> plain JSON-friendly Python values."""
+    """EasyDicts, tuples, numpy scalars and arrays -> plain JSON-friendly Python values."""
     if isinstance(value, dict):
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
     return value
 
 
