@@ -102,6 +102,21 @@ def test_cli_convert_then_info(tf_skip, tmp_path):
     assert not marker.exists(), "build_module_src was executed"
 
 
+@pytest.mark.slow  # a pretrain process: ~20 s on 2 idle cores
+def test_pretrain_takes_the_tf_pickle_as_generator_source(tf_skip, tmp_path):
+    """`--set generator.source=<TF pickle>`: a 2-step LayerMatch run whose teacher is the converted Gs."""
+    marker = tmp_path / "build_module_src_ran"
+    run = run_cli("pretrain", "-o", str(tmp_path / "run"), "--no-export",
+                  "--set", f"generator.source={tf_skip / 'network-tf.pkl'}", "--set", "backbone.arch=resnet18",
+                  "--set", "train.steps=2", "--set", "train.batch_size=4", cwd=tmp_path,
+                  env={"TF_PKL_MARKER": str(marker)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "trained" and info["resolution"] == 32
+    assert info["generator"]["source"] == "network-tf.pkl" and info["generator"]["network"] == "G_ema"
+    assert not marker.exists(), "build_module_src was executed"
+
+
 def test_numpy1_and_numpy2_array_names_read_the_same(tf_skip, tmp_path):
     raw = (tf_skip / "network-tf.pkl").read_bytes()
     assert b"cnumpy.core.multiarray\n_reconstruct\n" in raw
