@@ -135,6 +135,7 @@ def test_convert_info_and_sample_as_typed(tmp_path, t_small):
     facts = json.loads(info.stdout)
     assert [t["resolution"] for t in facts["taps"]] == [36] * 6 + [52] * 8 + [32] * 2
     assert facts["style_dims"]["synthesis.input"] == 4 and facts["num_ws"] == 16
+    assert facts["architecture"] == "StyleGAN3 (stylegan3-t)"
     sample = run_cli("generator", "sample", str(out), "--n", "2", "--truncation", "0.7", "--out",
                      str(tmp_path / "grid.png"), cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr[-2000:]

@@ -87,7 +87,8 @@ def generator_facts(loaded) -> dict:
     G, D, meta = loaded.G, loaded.D, loaded.meta
     synthesis_kwargs = G.init_kwargs.get("synthesis_kwargs", {})
     return {
-        "architecture": f"StyleGAN2 ({synthesis_kwargs.get('architecture', 'skip')} G)",
+        "architecture": (f"StyleGAN3 ({G.config})" if getattr(G, "family", None) == "stylegan3"
+                         else f"StyleGAN2 ({synthesis_kwargs.get('architecture', 'skip')} G)"),
         "network": meta.get("network"),
         "resolution": G.img_resolution,
         "img_channels": G.img_channels,
