@@ -394,10 +394,11 @@ def single_network_pickle(path: Path, func: str, version: int = 4, components: d
 
 
 @pytest.mark.parametrize("func,components,found", [
-    ("G_style", {"mapping": "G_mapping", "synthesis": "G_synthesis"}, "a StyleGAN (v1) TensorFlow pickle (G_style)"),
+    ("G_style", {"mapping": "G_mapping", "synthesis": "G_synthesis"},
+     "a StyleGAN (v1) or StyleGAN2 config-a TensorFlow pickle (G_style)"),
     ("G_paper", {}, "a progressive GAN TensorFlow pickle (G_paper)"),
     ("G_main", {"mapping": "G_mapping", "synthesis": "G_synthesis_stylegan_revised"},
-     "a StyleGAN2 config-a..d TensorFlow pickle (G_synthesis_stylegan_revised)"),
+     "a StyleGAN2 config-b..d TensorFlow pickle (G_synthesis_stylegan_revised)"),
 ])
 def test_other_tf_families_are_refused_naming_what_was_found(tmp_path, func, components, found):
     path = single_network_pickle(tmp_path / "old.pkl", func, components=components)
@@ -406,6 +407,19 @@ def test_other_tf_families_are_refused_naming_what_was_found(tmp_path, func, com
     message = result.stderr.strip()
     assert found in message and message.startswith("error: old.pkl:Gs") and "\n" not in message
     assert "only StyleGAN2 config-e/f (NVlabs/stylegan2) and StyleGAN2-ADA" in message
+
+
+def test_progressive_gan_release_pickle_is_refused_naming_it(tmp_path):
+    """Progressive GAN's own pickles (karras2018iclr-*.pkl) name its `tfutil.Network`; refused at that global."""
+    path = tmp_path / "karras2018iclr-celebahq-1024x1024.pkl"
+    path.write_bytes(b"\x80\x03ctfutil\nNetwork\nq\x00)\x81q\x01}q\x02b.")
+    result = CliRunner().invoke(app, ["generator", "convert", str(path), str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        "error: karras2018iclr-celebahq-1024x1024.pkl is a progressive GAN TensorFlow pickle (tfutil.Network); only "
+        "StyleGAN2 config-e/f (NVlabs/stylegan2) and StyleGAN2-ADA (NVlabs/stylegan2-ada) TensorFlow networks are "
+        "supported")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_static_kwarg_is_refused_naming_it(tmp_path):

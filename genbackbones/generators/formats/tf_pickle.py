@@ -46,6 +46,8 @@ from .nvidia_pickle import NvidiaNetwork, Refused, _one_line, to_plain
 from .rosinality import channel_layout
 
 _SNIFF_BYTES = 4096
+# progressive GAN's own releases (karras2018iclr-*.pkl) pickle the class of its `tfutil` module
+_PROGAN_GLOBAL = b"ctfutil\nNetwork\n"
 _ADVICE = ("only NVIDIA StyleGAN2 TensorFlow network pickles (NVlabs/stylegan2 config-e/f, NVlabs/stylegan2-ada) "
            "are supported, and nothing from this file was run")
 
@@ -56,7 +58,8 @@ def is_tf_pickle(path: str | Path) -> bool:
     A tuple or a Network is built from that class before anything else, so the name sits in the
     first few bytes; reading the head only keeps a 360 MB config-f file from being read twice."""
     with open(path, "rb") as f:
-        return b"dnnlib.tflib" in f.read(_SNIFF_BYTES)
+        head = f.read(_SNIFF_BYTES)
+    return b"dnnlib.tflib" in head or _PROGAN_GLOBAL in head
 
 
 # ----------------------------------------------------------------------------- stand-ins
@@ -167,10 +170,16 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+class _OtherFamily(Exception):
+    """A network pickle of an older NVIDIA family, recognised by its class; says which."""
+
+
 class TFUnpickler(pickle.Unpickler):
     """An unpickler that knows only `ALLOWED_GLOBALS`; any other global is refused, never imported."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("tfutil", "Network"):
+            raise _OtherFamily("a progressive GAN TensorFlow pickle (tfutil.Network)")
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -188,6 +197,8 @@ def load_tf_pickle(path: str | Path) -> Any:
             return TFUnpickler(f).load()
     except Refused as err:
         raise UserError(f"refused to load {err} from {path.name}: {_ADVICE}") from None
+    except _OtherFamily as err:
+        raise _refuse_family(path.name, str(err)) from None
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     except Exception as err:  # noqa: BLE001 - truncated or corrupt files fail in many ways
@@ -202,12 +213,12 @@ _SUPPORTED_G = {"G_main"}
 _SUPPORTED_SYNTHESIS = {"G_synthesis_stylegan2": "stylegan2", "G_synthesis": "stylegan2-ada"}
 _SUPPORTED_D = {"D_stylegan2": "stylegan2", "D_main": "stylegan2-ada"}
 _KNOWN_OTHERS = {
-    "G_style": "a StyleGAN (v1) TensorFlow pickle (G_style)",
-    "G_synthesis_stylegan_revised": "a StyleGAN2 config-a..d TensorFlow pickle (G_synthesis_stylegan_revised)",
+    "G_style": "a StyleGAN (v1) or StyleGAN2 config-a TensorFlow pickle (G_style)",
+    "G_synthesis_stylegan_revised": "a StyleGAN2 config-b..d TensorFlow pickle (G_synthesis_stylegan_revised)",
     "G_paper": "a progressive GAN TensorFlow pickle (G_paper)",
     "D_paper": "a progressive GAN TensorFlow pickle (D_paper)",
     "D_basic": "a StyleGAN (v1) TensorFlow pickle (D_basic)",
-    "D_stylegan": "a StyleGAN (v1) / StyleGAN2 config-a..d TensorFlow pickle (D_stylegan)",
+    "D_stylegan": "a StyleGAN (v1) or StyleGAN2 config-a..d TensorFlow pickle (D_stylegan)",
 }
 _REFUSED_ADVICE = ("only StyleGAN2 config-e/f (NVlabs/stylegan2) and StyleGAN2-ADA (NVlabs/stylegan2-ada) "
                    "TensorFlow networks are supported")
