@@ -12,7 +12,9 @@ GENERATOR_SOURCE_HELP = ("bundled, random:<preset>, a generator folder, an NVIDI
                          "hf-hub:org/name.")
 
 console = Console()
-err_console = Console(stderr=True)
+# rich wraps at 80 columns when stderr is not a terminal (a log, CI, a pipe): a message naming a long path broke
+# mid-path, and a command printed to be pasted broke in two; stderr lines are never wrapped
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:

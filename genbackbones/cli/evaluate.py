@@ -5,6 +5,7 @@ Heavy imports happen inside the command so that `genbackbones --help` stays fast
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -79,4 +80,5 @@ def evaluate_cmd(
         data_dir=data_dir)
     evaluate(backbones, task=task, data=options, labels=labels, seeds=seeds,
              baselines=[b.strip() for b in baselines.split(",") if b.strip()], overrides=set_, epochs=epochs,
-             protocol=choose_protocol(protocol, finetune), out=out, run=run, device=device)
+             protocol=choose_protocol(protocol, finetune), out=out, run=run, device=device,
+             command=sys.argv[1:])  # Ctrl-C prints it back as the command that continues

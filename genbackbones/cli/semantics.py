@@ -5,6 +5,7 @@ Parsing and printing only; the work is in `genbackbones/semantics/`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -182,7 +183,7 @@ def synthesize_cmd(
     ext = _load_extractor_arg(extractor, load_extractor)
     G, fingerprint, _ = open_for_semantics(generator, network, device)
     result = synthesize(G, ext, n, out, fmt, first_seed, batch_size, _sampling(truncation, class_idx), device,
-                        fingerprint=fingerprint, console=err_console)
+                        fingerprint=fingerprint, console=err_console, command=sys.argv[1:])
     skipped = result.total - result.written
     console.print(f"[green]done[/] {result.total} pairs in {out} ({result.written} written now, {skipped} already "
                   f"there), {result.seconds:.0f}s; classes: {', '.join(ext.config.classes)}", soft_wrap=True)

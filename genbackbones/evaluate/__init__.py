@@ -8,6 +8,9 @@ subsets and seeds (`tasks.py`); data of every format becomes the same tensors
 (`data.py`); references and baselines resolve in `backbones.py`; outputs in `report.py`.
 Everything the user can get wrong is checked before any training starts, and the
 output folder is written atomically at the end, so a bad input leaves nothing behind.
+While it runs, each finished cell (backbone x label count x seed) is kept in OUT/cells/
+(`cells.py`): Ctrl-C says what was kept and the command that continues, and that
+command computes only the cells still missing.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ if TYPE_CHECKING:  # torch, timm and friends load on first use: `genbackbones --
     from rich.console import Console
 
     from .backbones import ResolvedBackbone
+    from .cells import CellStore
     from .data import EvalData
     from .options import DataOptions
 
@@ -51,18 +55,29 @@ def evaluate(backbones: list[str], task: str = "segmentation", data: DataOptions
              labels: str | list = DEFAULT_LABELS, seeds: int = 3, baselines: list[str] = ("imagenet", "random"),
              overrides: list[str] = (), epochs: float | None = None, protocol: str | None = None,
              out: Path | None = None, run: Path | None = None, device: str = "auto",
-             console: Console | None = None, table_console: Console | None = None) -> Path:
-    """Run the evaluation, write the output folder (and RUN/evaluation/model_index.json), print the table."""
+             console: Console | None = None, table_console: Console | None = None,
+             command: list[str] | None = None) -> Path:
+    """Run the evaluation, write the output folder (and RUN/evaluation/model_index.json), print the table.
+
+    Finished cells are kept in OUT/cells/ as they finish; an OUT that holds the cells of
+    an interrupted run of this evaluation is continued. `command`: the CLI arguments
+    (sys.argv[1:]) that the Ctrl-C message gives back as the command that continues."""
     from rich.console import Console
 
+    from .cells import CellStore
     from .report import merge_into_run, model_index, print_table, write_outputs
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)  # a long path stays one line in a log
     out = _output_dir(out)
     if run is not None:
         _check_run(run)
-    results = run_evaluation(backbones, task, data, labels, seeds, baselines, overrides, epochs, protocol,
-                             device, console, run=run)
+    cells = CellStore(out, command)
+    try:
+        results = run_evaluation(backbones, task, data, labels, seeds, baselines, overrides, epochs, protocol,
+                                 device, console, run=run, cells=cells)
+    except KeyboardInterrupt:
+        _print_interrupted(console, cells, out, command)
+        raise
     write_outputs(results, out)
     print_table(results, table_console or Console())
     if run is not None:
@@ -75,18 +90,20 @@ def evaluate(backbones: list[str], task: str = "segmentation", data: DataOptions
 def run_evaluation(backbones: list[str], task: str = "segmentation", data: DataOptions | None = None,
                    labels: str | list = DEFAULT_LABELS, seeds: int = 3, baselines=("imagenet", "random"),
                    overrides: list[str] = (), epochs: float | None = None, protocol: str | None = None,
-                   device: str = "auto", console: Console | None = None, run: Path | None = None) -> dict:
-    """Compute every number; returns the results dict (see report.py). Writes nothing."""
+                   device: str = "auto", console: Console | None = None, run: Path | None = None,
+                   cells: CellStore | None = None) -> dict:
+    """Compute every number; returns the results dict (see report.py). Writes nothing, except with `cells`:
+    then each finished cell is written there, and the cells found there already are not computed again."""
     from rich.console import Console
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)  # a long path stays one line in a log
     started = time.perf_counter()
     plan = _plan(backbones, task, data, labels, seeds, baselines, overrides, epochs, protocol, device, run)
     for u in plan.unavailable:
         console.print(f"[yellow]{u.name}:[/] {u.reason}", highlight=False, soft_wrap=True)
     for note in plan.data.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    runs = _run_all(plan, console)
+    runs = _run_all(plan, console, cells)
     return _results(plan, runs, time.perf_counter() - started)
 
 
@@ -239,24 +256,62 @@ def _label_counts(requested: list, pool: int) -> list[int]:
     return counts
 
 
-def _run_all(plan: _Plan, console: Console) -> list[dict]:
-    """Every backbone x seed x label count through the same protocol, on the same subsets."""
+def _run_all(plan: _Plan, console: Console, cells: CellStore | None = None) -> list[dict]:
+    """Every backbone x seed x label count through the same protocol, on the same subsets; with `cells`, each
+    finished cell is kept there and the ones kept before are taken from it."""
+    from rich.text import Text
+
+    from ..progress import piece_progress
+    from .cells import cell_identity, cell_key, weights_sha256
     from .tasks import FeatureCache, run_protocol
 
     cache = FeatureCache(getattr(plan.settings, "eval_batch_size", 64))
     subset_data = {key: plan.data.train.take(positions) for key, positions in plan.subsets.items()}
-    total, done, runs = len(plan.models) * len(plan.seeds) * len(plan.counts), 0, []
-    for model in plan.models:
-        for seed in plan.seeds:
-            for n in plan.counts:
-                done += 1
+    order = [(model, seed, n) for model in plan.models for seed in plan.seeds for n in plan.counts]
+    identities, keys = [], []
+    if cells is not None:
+        weights = {id(m): weights_sha256(m) for m in plan.models}
+        identities = [cell_identity(plan, m, weights[id(m)], n, seed) for m, seed, n in order]
+        keys = [cell_key(identity) for identity in identities]
+        cells.start(keys)
+        if cells.kept:
+            console.print(Text(f"continuing {cells.folder.parent}: {cells.kept} of {len(order)} evaluations "
+                               "finished before are kept"), highlight=False, soft_wrap=True)
+    runs = []
+    for i, (model, seed, n) in enumerate(order):
+        label = f"[{i + 1}/{len(order)}] {model.name} · {n} labels · seed {seed}"
+        if cells is not None and keys[i] in cells.done:
+            run, when = cells.done[keys[i]], "kept"
+        else:
+            with piece_progress(console, label) as progress:
                 result = run_protocol(plan.task, model, subset_data[(n, seed)], plan.data.test, plan.data.schema,
-                                      plan.settings, seed, plan.device, cache)
-                runs.append({"backbone": model.name, "labels": n, "seed": seed, **result})
-                shown = " · ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items() if isinstance(v, float))
-                console.print(f"[{done}/{total}] {model.name} · {n} labels · seed {seed} · {shown} · "
-                              f"{result['seconds']:.0f} s", highlight=False)
+                                      plan.settings, seed, plan.device, cache, progress)
+            run, when = {"backbone": model.name, "labels": n, "seed": seed, **result}, f"{result['seconds']:.0f} s"
+            if cells is not None:
+                cells.write(keys[i], identities[i], run)
+                run = cells.done[keys[i]]  # as read back: a continued evaluation's results.json is the same
+        shown = " · ".join(f"{k} {v:.1f}" for k, v in run["metrics"].items() if isinstance(v, float))
+        console.print(Text(f"{label} · {shown} · {when}"), highlight=False, soft_wrap=True)
+        runs.append(run)
     return runs + _reference_runs(plan, subset_data)
+
+
+def _print_interrupted(console: Console, cells: CellStore, out: Path, command: list[str] | None) -> None:
+    """Ctrl-C: what was kept, and the command that continues (the same one, with --out added when it was the
+    default folder)."""
+    from ..interrupt import command_line, print_interrupted
+
+    if cells.total is None:
+        kept = "no evaluation had finished yet"
+    else:
+        kept = f"{cells.kept} of {cells.total} evaluation{'s' if cells.total != 1 else ''} kept in {out}"
+    if command is None:  # called from Python: the same call continues
+        print_interrupted(console, kept, f"evaluate(..., out={str(out)!r})")
+        return
+    args = list(command)
+    if not any(a in ("--out", "-o") or a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    print_interrupted(console, kept, command_line(args))
 
 
 def _subject(models: list[ResolvedBackbone], run: Path | None) -> ResolvedBackbone:
@@ -281,8 +336,10 @@ def _output_dir(out: Path | None) -> Path:
         while out.exists():
             out = out.with_name(out.name + "-1")
         return out
+    from .cells import is_resumable_evaluation
+
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not is_resumable_evaluation(out):
         raise UserError(f"--out {out} already exists and is not empty; choose another folder")
     return out
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -48,6 +49,13 @@ from ..errors import UserError
 from .backbones import ResolvedBackbone
 from .data import Labelled, Schema
 from .metrics import IGNORE_INDEX, balanced_accuracy, confusion_matrix, nme, segmentation_scores, top1
+
+# progress inside one cell: (done, total, unit) with unit "steps" (fine-tuning) or "images" (frozen features)
+Progress = Callable[[int, int, str], None]
+
+
+def _quiet(done: int, total: int, unit: str) -> None:
+    pass
 
 
 # ---------------------------------------------------------------------------
@@ -189,19 +197,24 @@ def finetune_steps(n: int, s: FinetuneSettings) -> int:
 
 
 def run_protocol(task: str, backbone: ResolvedBackbone, train: Labelled, test: Labelled, schema: Schema,
-                 settings, seed: int, device: torch.device, cache: FeatureCache) -> dict:
-    """Train on `train` (N labelled images) with `seed`, score on `test`: {"metrics", "steps", "seconds"}."""
+                 settings, seed: int, device: torch.device, cache: FeatureCache,
+                 progress: Progress | None = None) -> dict:
+    """Train on `train` (N labelled images) with `seed`, score on `test`: {"metrics", "steps", "seconds"}.
+
+    `progress` hears the fine-tuning steps and the images encoded for frozen features
+    as they happen (what the evaluator shows inside a cell); it does not change a number."""
     t0 = time.perf_counter()
+    progress = progress or _quiet
     if task == "segmentation":
-        out = _segmentation(backbone, train, test, schema, settings, seed, device)
+        out = _segmentation(backbone, train, test, schema, settings, seed, device, progress)
     elif task == "landmarks":
-        out = _landmarks(backbone, train, test, schema, settings, seed, device, cache)
+        out = _landmarks(backbone, train, test, schema, settings, seed, device, cache, progress)
     elif settings.protocol == "linear":
-        out = _linear_classification(backbone, train, test, settings, seed, device, cache)
+        out = _linear_classification(backbone, train, test, settings, seed, device, cache, progress)
     elif settings.protocol == "knn":
-        out = _knn_classification(backbone, train, test, settings, seed, device, cache)
+        out = _knn_classification(backbone, train, test, settings, seed, device, cache, progress)
     else:
-        out = _finetune_classification(backbone, train, test, schema, settings, seed, device)
+        out = _finetune_classification(backbone, train, test, schema, settings, seed, device, progress)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -332,7 +345,8 @@ def _optimizer(model: nn.Module, s: FinetuneSettings, steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _finetune(model: nn.Module, batches: Batches, loss_fn, steps: int, s: FinetuneSettings) -> float:
+def _finetune(model: nn.Module, batches: Batches, loss_fn, steps: int, s: FinetuneSettings,
+              progress: Progress = _quiet) -> float:
     """Train `steps` updates; returns the mean loss of the last 10% (a sanity number for the results)."""
     opt, sched = _optimizer(model, s, steps)
     model.train()
@@ -346,6 +360,7 @@ def _finetune(model: nn.Module, batches: Batches, loss_fn, steps: int, s: Finetu
         sched.step()
         if step >= steps - max(1, steps // 10):
             tail.append(loss.item())
+        progress(step + 1, steps, "steps")
     model.eval()
     return sum(tail) / len(tail)
 
@@ -362,7 +377,7 @@ def _predict(model: nn.Module, images: torch.Tensor, batch: int, device: torch.d
 # ---------------------------------------------------------------------------
 
 
-def _segmentation(backbone, train, test, schema, s: SegmentationSettings, seed, device) -> dict:
+def _segmentation(backbone, train, test, schema, s: SegmentationSettings, seed, device, progress) -> dict:
     torch.manual_seed(seed)
     model = DenseModel(backbone.build(seed), backbone.mean, backbone.std, len(schema.classes),
                        s.decoder_channels, s.decoder_stride).to(device)
@@ -374,7 +389,7 @@ def _segmentation(backbone, train, test, schema, s: SegmentationSettings, seed, 
 
     steps = finetune_steps(len(train), s)
     flip = s.flip and schema.mirror_known
-    final_loss = _finetune(model, Batches(train, schema, s, seed, device, flip), loss_fn, steps, s)
+    final_loss = _finetune(model, Batches(train, schema, s, seed, device, flip), loss_fn, steps, s, progress)
     cm = torch.zeros(len(schema.classes), len(schema.classes), dtype=torch.long)
     for i, logits in _predict(model, test.images, s.eval_batch_size, device):
         pred = F.interpolate(logits, size=(res, res), mode="bilinear", align_corners=False).argmax(1)
@@ -388,15 +403,15 @@ def _segmentation(backbone, train, test, schema, s: SegmentationSettings, seed, 
 # ---------------------------------------------------------------------------
 
 
-def _landmarks(backbone, train, test, schema, s: LandmarkSettings, seed, device, cache) -> dict:
+def _landmarks(backbone, train, test, schema, s: LandmarkSettings, seed, device, cache, progress) -> dict:
     metrics, out = {}, {}
     if s.heatmap:
         metrics["nme_heatmap"], out["steps"], out["final_train_loss"] = _heatmap(backbone, train, test, schema, s,
-                                                                               seed, device)
+                                                                               seed, device, progress)
         out["flip"] = s.flip and schema.mirror_known
     if s.ridge:
-        train_x, blocks = cache.features(backbone, seed, train, s.ridge_grid, device)
-        test_x, _ = cache.features(backbone, seed, test, s.ridge_grid, device)
+        train_x, blocks = cache.features(backbone, seed, train, s.ridge_grid, device, progress)
+        test_x, _ = cache.features(backbone, seed, test, s.ridge_grid, device, progress)
         targets = train.landmarks.reshape(len(train), -1).double() / schema.resolution
         fit = RidgeFit(train_x, targets, blocks)
         pred = fit.predict(test_x).view(len(test), -1, 2) * schema.resolution
@@ -405,7 +420,8 @@ def _landmarks(backbone, train, test, schema, s: LandmarkSettings, seed, device,
     return {"metrics": metrics, **out}
 
 
-def _heatmap(backbone, train, test, schema, s: LandmarkSettings, seed, device) -> tuple[float, int, float]:
+def _heatmap(backbone, train, test, schema, s: LandmarkSettings, seed, device,
+             progress: Progress = _quiet) -> tuple[float, int, float]:
     torch.manual_seed(seed)
     k, res = len(schema.landmark_names), schema.resolution
     model = DenseModel(backbone.build(seed), backbone.mean, backbone.std, k, s.decoder_channels,
@@ -416,7 +432,7 @@ def _heatmap(backbone, train, test, schema, s: LandmarkSettings, seed, device) -
 
     steps = finetune_steps(len(train), s)
     flip = s.flip and schema.mirror_known
-    final_loss = _finetune(model, Batches(train, schema, s, seed, device, flip), loss_fn, steps, s)
+    final_loss = _finetune(model, Batches(train, schema, s, seed, device, flip), loss_fn, steps, s, progress)
     preds = torch.cat([soft_argmax(logits, res).cpu() for _, logits in
                        _predict(model, test.images, s.eval_batch_size, device)])
     return nme(preds, test.landmarks, schema.eye_indices), steps, final_loss
@@ -427,17 +443,19 @@ def _heatmap(backbone, train, test, schema, s: LandmarkSettings, seed, device) -
 # ---------------------------------------------------------------------------
 
 
-def _linear_classification(backbone, train, test, s: ClassificationSettings, seed, device, cache) -> dict:
+def _linear_classification(backbone, train, test, s: ClassificationSettings, seed, device, cache,
+                           progress) -> dict:
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    train_x, blocks = cache.features(backbone, seed, train, s.pool_grid, device)
-    test_x, _ = cache.features(backbone, seed, test, s.pool_grid, device)
+    train_x, blocks = cache.features(backbone, seed, train, s.pool_grid, device, progress)
+    test_x, _ = cache.features(backbone, seed, test, s.pool_grid, device, progress)
     fit = RidgeFit(train_x, F.one_hot(train.labels, num_classes).double(), blocks)
     pred = fit.predict(test_x).argmax(1)
     return {"metrics": {"top1": top1(pred, test.labels), "balanced_accuracy": balanced_accuracy(pred, test.labels)},
             "ridge_alpha": fit.alpha, "classes_in_train": int(train.labels.unique().numel())}
 
 
-def _finetune_classification(backbone, train, test, schema, s: ClassificationSettings, seed, device) -> dict:
+def _finetune_classification(backbone, train, test, schema, s: ClassificationSettings, seed, device,
+                             progress) -> dict:
     torch.manual_seed(seed)
     model = PooledClassifier(backbone.build(seed), backbone.mean, backbone.std, len(schema.classes)).to(device)
 
@@ -446,16 +464,16 @@ def _finetune_classification(backbone, train, test, schema, s: ClassificationSet
 
     steps = finetune_steps(len(train), s)
     flip = s.flip and schema.mirror_known
-    final_loss = _finetune(model, Batches(train, schema, s, seed, device, flip), loss_fn, steps, s)
+    final_loss = _finetune(model, Batches(train, schema, s, seed, device, flip), loss_fn, steps, s, progress)
     pred = torch.cat([logits.argmax(1).cpu() for _, logits in _predict(model, test.images, s.eval_batch_size, device)])
     return {"metrics": {"top1": top1(pred, test.labels), "balanced_accuracy": balanced_accuracy(pred, test.labels)},
             "steps": steps, "final_train_loss": final_loss, "flip": flip}
 
 
-def _knn_classification(backbone, train, test, s: ClassificationSettings, seed, device, cache) -> dict:
+def _knn_classification(backbone, train, test, s: ClassificationSettings, seed, device, cache, progress) -> dict:
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    train_x, blocks = cache.features(backbone, seed, train, s.pool_grid, device)
-    test_x, _ = cache.features(backbone, seed, test, s.pool_grid, device)
+    train_x, blocks = cache.features(backbone, seed, train, s.pool_grid, device, progress)
+    test_x, _ = cache.features(backbone, seed, test, s.pool_grid, device, progress)
     pred = knn_predict(train_x, train.labels, test_x, num_classes, s.knn_k, s.knn_temperature, blocks)
     return {"metrics": {"top1": top1(pred, test.labels), "balanced_accuracy": balanced_accuracy(pred, test.labels)},
             "k": min(s.knn_k, len(train)), "classes_in_train": int(train.labels.unique().numel())}
@@ -512,14 +530,14 @@ class FeatureCache:
         self.models: dict[tuple, nn.Module] = {}
 
     def features(self, backbone: ResolvedBackbone, seed: int, data: Labelled, grid: int,
-                 device: torch.device) -> tuple[torch.Tensor, list[int]]:
+                 device: torch.device, progress: Progress = _quiet) -> tuple[torch.Tensor, list[int]]:
         """(float32 [N, D] features, sizes of the per-level blocks that make up D)."""
         init = seed if backbone.load is None else None  # a random init differs per seed
         key = (backbone.name, init, grid)
         model = self._model(backbone, init, seed, device)
         missing = [i for i, n in enumerate(data.names) if key + (n,) not in self.store]
         if missing:
-            feats = pooled_features(model, data.images[missing], grid, self.batch_size, device)
+            feats = pooled_features(model, data.images[missing], grid, self.batch_size, device, progress)
             for i, f in zip(missing, feats):
                 self.store[key + (data.names[i],)] = f
         blocks = [c * grid * grid for c in model[1].feature_info.channels()]
@@ -536,12 +554,13 @@ class FeatureCache:
 
 @torch.no_grad()
 def pooled_features(model: nn.Module, images: torch.Tensor, grid: int, batch: int,
-                    device: torch.device) -> torch.Tensor:
+                    device: torch.device, progress: Progress = _quiet) -> torch.Tensor:
     """Every feature level average-pooled to grid x grid, flattened and concatenated: float32 [N, D]."""
     out = []
     for i in range(0, len(images), batch):
         feats = model(images[i:i + batch].to(device))
         out.append(torch.cat([F.adaptive_avg_pool2d(f, grid).flatten(1) for f in feats], 1).float().cpu())
+        progress(min(i + batch, len(images)), len(images), "images")
     return torch.cat(out)
 
 

@@ -266,8 +266,14 @@ def annotate(G, masks_dir: str | Path, out: str | Path, kind: str = "linear", la
              settings: TrainSettings | None = None, seeds_file: str | Path | None = None,
              classes: list[str] | None = None, class_colors: str | None = None, device: str = "cpu",
              source: str | None = None, generator_sha256: str | None = None, hidden: int = 32,
-             fingerprint: str | None = None, overwrite: bool = False) -> tuple[TrainResult, Path]:
-    """The whole `genbackbones annotate`: read and check the masks, train, save the extractor to `out`."""
+             fingerprint: str | None = None, overwrite: bool = False, console=None) -> tuple[TrainResult, Path]:
+    """The whole `genbackbones annotate`: read and check the masks, train, save the extractor to `out`.
+
+    The training steps show on `console` (default: stderr) as a bar on a terminal, else as a plain line
+    every few seconds (progress.py)."""
+    from rich.console import Console
+
+    from ..progress import piece_progress
     from .activations import default_layers
     from .extractors import TRAINABLE_KINDS, save_extractor
 
@@ -276,6 +282,9 @@ def annotate(G, masks_dir: str | Path, out: str | Path, kind: str = "linear", la
     if Path(out).exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     annotations = load_annotations(masks_dir, G.img_resolution, seeds_file, classes, class_colors, generator_sha256)
-    result = train_on_annotations(G, annotations, kind, layers or default_layers(G), settings or TrainSettings(),
-                                  device, source, hidden, fingerprint)
+    settings = settings or TrainSettings()
+    with piece_progress(console or Console(stderr=True, soft_wrap=True), f"annotate: {kind} extractor") as update:
+        result = train_on_annotations(G, annotations, kind, layers or default_layers(G), settings, device, source,
+                                      hidden, fingerprint, on_step=lambda step: update(step + 1, settings.steps,
+                                                                                      "steps"))
     return result, save_extractor(result.extractor.cpu(), out, overwrite=overwrite)

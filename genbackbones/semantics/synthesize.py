@@ -131,8 +131,11 @@ def prepare_out(out: Path, manifest: dict) -> None:
 def synthesize(G, extractor: Extractor, n: int, out: str | Path, fmt: str = "folder", first_seed: int = 0,
                batch: int = 16, sampling: Sampling = Sampling(), device: str = "cpu",
                fingerprint: str | None = None, progress: bool = True, console=None,
-               on_batch: Callable[[int], None] | None = None) -> SynthesisResult:
-    """Write the pairs of seeds first_seed..first_seed+n-1 that OUT lacks; see the module docstring."""
+               on_batch: Callable[[int], None] | None = None, command: list[str] | None = None) -> SynthesisResult:
+    """Write the pairs of seeds first_seed..first_seed+n-1 that OUT lacks; see the module docstring.
+
+    Ctrl-C prints how many pairs are kept and `command` (the CLI arguments, sys.argv[1:]) as the command that
+    continues: the same one."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if n < 1 or batch < 1 or first_seed < 0:
@@ -146,7 +149,12 @@ def synthesize(G, extractor: Extractor, n: int, out: str | Path, fmt: str = "fol
     prepare_out(out, manifest_for(G, extractor, fingerprint, sampling, first_seed, batch))
     extractor = extractor.to(device).eval()
     t0 = time.perf_counter()
-    written = _write_missing(G, extractor, out, first_seed, n, batch, sampling, device, progress, console, on_batch)
+    try:
+        written = _write_missing(G, extractor, out, first_seed, n, batch, sampling, device, progress, console,
+                                 on_batch)
+    except KeyboardInterrupt:
+        _print_interrupted(console, out, range(first_seed, first_seed + n), command)
+        raise
     dataset = build_dataset(out, range(first_seed, first_seed + n), extractor.config.classes) \
         if fmt == "datasets" else None
     return SynthesisResult(out, n, written, time.perf_counter() - t0, dataset)
@@ -176,6 +184,17 @@ def _write_missing(G, extractor, out, first_seed, n, batch, sampling, device, pr
             if on_batch is not None:
                 on_batch(b)
     return written
+
+
+def _print_interrupted(console, out: Path, seeds: range, command: list[str] | None) -> None:
+    from rich.console import Console
+
+    from ..interrupt import command_line, print_interrupted
+
+    kept = sum(is_complete(out, s) for s in seeds)
+    again = command_line(command) if command is not None else "the same synthesize(...) call"
+    print_interrupted(console or Console(stderr=True, soft_wrap=True),
+                      f"{kept} of {len(seeds)} pair{'s' if len(seeds) != 1 else ''} kept in {out}", again)
 
 
 def build_dataset(out: Path, seeds: range, classes: list[str]) -> Path:
