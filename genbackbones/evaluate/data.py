@@ -145,6 +145,25 @@ def check_disjoint(data: EvalData, subsets: dict) -> None:
             raise RuntimeError(f"bug: training subset {key} contains test images {sorted(overlap)[:3]}")
 
 
+def hold_out_validation(data: EvalData, size: int) -> EvalData:
+    """`size` images of the train pool (a fixed-seed choice, independent of the evaluation seeds) become the set
+    that is scored, and the labelled subsets are drawn from the rest: a validation split for choosing settings
+    (a learning rate, a temperature) without ever looking at the test set, which is dropped here."""
+    n = len(data.train)
+    if not 1 <= size < n:
+        raise UserError(f"data.validation={size}: hold out between 1 and {n - 1} images of the {n}-image train pool")
+    perm = np.random.default_rng([size, 15485863]).permutation(n)
+    held, kept = sorted(int(i) for i in perm[:size]), sorted(int(i) for i in perm[size:])
+    pool = data.train
+    rest = (FacePool(pool.domain, [pool.indices[i] for i in kept], pool.task, pool.target)
+            if isinstance(pool, FacePool) else pool.take(kept))
+    was = data.description.get("train_pool")
+    description = {**data.description, "train_pool": f"{len(rest)} images of the train pool ({was}) not held out",
+                   "test": f"validation: {size} images held out of the train pool (fixed seed); the test set is not "
+                           "used", "validation": size}
+    return EvalData(rest, pool.take(held), data.schema, description, data.notes)
+
+
 # ---------------------------------------------------------------------------
 # The bundled domain
 # ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class DataOptions:
     split_seed: int = 0  # folders/datasets without a test split
     faces_seed: int = 0  # faces: the domain seed
     max_outside: float = 0.02  # landmarks: largest fraction of points allowed outside the square crop
+    validation: int = 0  # > 0: score on this many images held out of the train pool, never the test set
 
 
 def _names(value: str) -> tuple[str, ...] | None:
@@ -125,7 +126,8 @@ def flag_values(namespace) -> dict[str, str | None]:
 
 
 OVERRIDES: Mapping[str, type] = {"pool": int, "test_size": int, "test_fraction": float, "split_seed": int,
-                                 "faces_seed": int, "resolution": int, "max_outside": float}
+                                 "faces_seed": int, "resolution": int, "max_outside": float,
+                                 "validation": int}
 
 
 def apply_data_overrides(options: DataOptions, items: Sequence[str]) -> DataOptions:
@@ -146,6 +148,9 @@ def check(options: DataOptions) -> None:
     """Refuse values that cannot be right, before any data is read."""
     if options.pool < 1 or options.test_size < 1:
         raise UserError("data.pool and data.test_size must be at least 1")
+    if options.validation < 0:
+        raise UserError(f"data.validation must be 0 (score on the test set) or a number of images, got "
+                        f"{options.validation}")
     if not 0 < options.test_fraction < 1:
         raise UserError(f"data.test_fraction must be between 0 and 1, got {options.test_fraction}")
     if not 0 <= options.max_outside < 1:

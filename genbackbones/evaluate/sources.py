@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .data import TASKS, EvalData, _drop_duplicated_test_images, _faces
+from .data import TASKS, EvalData, _drop_duplicated_test_images, _faces, hold_out_validation
 from .folders import load_folder
 from .hfdata import is_saved_dataset, load_hf
 from .options import DataOptions, check
@@ -27,7 +27,13 @@ def load_data(options: DataOptions, task: str) -> EvalData:
     check(options)
     if options.source in ("faces", "", None):
         _refuse_hub_options(options, "the bundled faces")
-        return _faces(options, task)
+        data = _faces(options, task)  # disjoint index ranges: no duplicates to drop
+    else:
+        data = _drop_duplicated_test_images(_load_other(options, task))
+    return hold_out_validation(data, options.validation) if options.validation else data
+
+
+def _load_other(options: DataOptions, task: str) -> EvalData:
     path = Path(options.source)
     if path.is_dir() and not is_saved_dataset(path):
         _refuse_hub_options(options, f"a folder ({path})")
@@ -40,7 +46,7 @@ def load_data(options: DataOptions, task: str) -> EvalData:
         raise UserError(f"--data {options.source}: folder does not exist")
     else:
         data = load_hf(options, task)  # a Hub id from the local cache, or a builder name with --data-dir
-    return _drop_duplicated_test_images(data)
+    return data
 
 
 def _refuse_hub_options(options: DataOptions, what: str) -> None:
