@@ -429,6 +429,22 @@ def test_unknown_static_kwarg_is_refused_naming_it(tmp_path):
         open_generator(path)
 
 
+def test_variable_of_an_impossible_shape_is_one_line(tmp_path):
+    G, D = variant("skip")
+    path = write_tf_pickle(tmp_path / "network-tf.pkl", G, D)
+    with tflib_names():
+        nets = pickle.loads(path.read_bytes())
+        synthesis = nets[2].tf_state["components"]["synthesis"].tf_state
+        synthesis["variables"] = [(k, np.zeros([3], np.float32) if k == "noise0" else v)
+                                  for k, v in synthesis["variables"]]
+        path.write_bytes(pickle.dumps(nets, protocol=3))
+    result = CliRunner().invoke(app, ["generator", "info", str(path)])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: network-tf.pkl:Gs: a variable or static kwarg has an unexpected shape or type")
+    assert "\n" not in message
+
+
 def test_label_concat_of_the_original_release_is_refused(tmp_path):
     """StyleGAN2 (not ADA) normalises [z, labels @ W] together: a mapping the PyTorch code does not compute."""
     G, D = variant("skip")

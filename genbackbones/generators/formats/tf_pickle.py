@@ -73,10 +73,9 @@ class TFNetwork:
     def __new__(cls, *args: Any, **kwargs: Any) -> TFNetwork:
         if args or kwargs:
             raise Refused("a Network constructed with arguments")  # a TF pickle restores it from its state only
-        return super().__new__(cls)
-
-    def __init__(self) -> None:
-        self.state: dict = {}
+        network = super().__new__(cls)
+        network.state = {}  # NEWOBJ runs __new__ only; a file without the BUILD leaves an empty network
+        return network
 
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict):
@@ -239,12 +238,21 @@ def read_tf_pickle(path: str | Path) -> dict[str, NvidiaNetwork]:
         raise UserError(f"{path.name} is not a TensorFlow StyleGAN2 network pickle (expected a tuple (G, D, Gs) of "
                         "networks)")
     tf_G, tf_D, tf_Gs = data
-    networks = {"G_ema": generator_from_tf(tf_Gs, f"{path.name}:Gs")}
+    networks = {"G_ema": _convert(generator_from_tf, tf_Gs, f"{path.name}:Gs")}
     if tf_G is not None:
-        networks["G"] = generator_from_tf(tf_G, f"{path.name}:G")
+        networks["G"] = _convert(generator_from_tf, tf_G, f"{path.name}:G")
     if tf_D is not None:
-        networks["D"] = discriminator_from_tf(tf_D, f"{path.name}:D")
+        networks["D"] = _convert(discriminator_from_tf, tf_D, f"{path.name}:D")
     return networks
+
+
+def _convert(convert: Any, net: TFNetwork, where: str) -> NvidiaNetwork:
+    """`convert(net, where)`; a variable or kwarg of an impossible shape or type is a one-line error too."""
+    try:
+        return convert(net, where)
+    except (IndexError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise UserError(f"{where}: a variable or static kwarg has an unexpected shape or type ({_one_line(err)}); "
+                        "the file is damaged or not a StyleGAN2 network") from None
 
 
 class _Variables:
@@ -260,7 +268,7 @@ class _Variables:
             raise UserError(f"{self.where}: the network state has no variable list; the file is damaged")
         for item in variables:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                    and isinstance(item[1], _Array)):
+                    and isinstance(item[1], _Array) and item[1].array is not None):
                 raise UserError(f"{self.where}: a variable entry is not (name, numpy array); the file is damaged")
             self.values[prefix + item[0]] = item[1].array
         components = net.state.get("components") or {}
@@ -321,6 +329,15 @@ class _StaticKwargs:
             raise UserError(f"{self.where}: static kwarg {name}={value!r} is not supported (only "
                             f"{', '.join(map(repr, allowed))}); the network differs from StyleGAN2")
         return value
+
+    def resample_kernel(self) -> list:
+        """TF's `resample_kernel=None` is a box filter, which PyTorch's `resample_filter=None` is not."""
+        self.known.add("resample_kernel")
+        kernel = self.kwargs.get("resample_kernel", [1, 3, 3, 1])
+        if kernel is None:
+            raise UserError(f"{self.where}: static kwarg resample_kernel=None (a box filter) is not supported; the "
+                            "network differs from StyleGAN2")
+        return list(kernel)
 
     def ignore(self, *names: str) -> None:
         """Kwargs that only steer training or TF execution, not the function the network computes."""
@@ -423,7 +440,7 @@ def generator_kwargs(static: _StaticKwargs, variables: _Variables, family: str) 
         channel_base=base, channel_max=cmax,
         num_fp16_res=static.get("num_fp16_res", 0), conv_clamp=static.get("conv_clamp"),
         architecture=static.require("architecture", ("orig", "skip", "resnet"), "skip"),
-        resample_filter=list(static.get("resample_kernel", [1, 3, 3, 1])),
+        resample_filter=static.resample_kernel(),
         use_noise=static.require("use_noise", (True, False), True),
         activation=static.get("nonlinearity", "lrelu"))
     kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=res,
@@ -517,7 +534,7 @@ def discriminator_kwargs(static: _StaticKwargs, variables: _Variables, family: s
         architecture=static.require("architecture", ("orig", "skip", "resnet"), "resnet"),
         channel_base=base, channel_max=cmax,
         num_fp16_res=static.get("num_fp16_res", 0), conv_clamp=static.get("conv_clamp"), cmap_dim=mapping_fmaps,
-        block_kwargs=dict(activation=activation, resample_filter=list(static.get("resample_kernel", [1, 3, 3, 1])),
+        block_kwargs=dict(activation=activation, resample_filter=static.resample_kernel(),
                           freeze_layers=static.get("freeze_layers", 0)),
         mapping_kwargs=dict(num_layers=static.get("mapping_layers", 0), embed_features=mapping_fmaps,
                             layer_features=mapping_fmaps, activation=activation,
