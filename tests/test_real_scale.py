@@ -57,7 +57,7 @@ print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def run_measured(tmp_path: Path, name: str, *args: str) -> tuple[int, int]:
+def run_measured(tmp_path: Path, name: str, *args: str, resolution: int = 256) -> tuple[int, int]:
     """Run `genbackbones pretrain ...` in a fresh process: (peak resident memory of its training steps, of the
     whole process), in KiB."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
@@ -65,7 +65,7 @@ def run_measured(tmp_path: Path, name: str, *args: str) -> tuple[int, int]:
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((tmp_path / name / "run.json").read_text())
-    assert info["status"] in ("trained", "exported") and info["resolution"] == 256
+    assert info["status"] in ("trained", "exported") and info["resolution"] == resolution
     figure = {key: int(proc.stdout.split(key + " ")[1].split()[0]) for key in ("step_peak_rss_kib", "peak_rss_kib")}
     return figure["step_peak_rss_kib"], figure["peak_rss_kib"]
 
@@ -91,3 +91,20 @@ def test_ghfeat_resnet50_ffhq256_runs_a_step(tmp_path):
     print(f"ghfeat resnet50 256 px, batch 2: training step peak RSS {step_peak / 2**20:.2f} GiB, "
           f"whole process {peak / 2**20:.2f} GiB")
     assert (tmp_path / "gh" / "export" / "config.json").exists()
+
+
+# NVIDIA's TensorFlow LSUN config-f networks (paper 000's other two domains), as random generators of the same
+# configuration: the recipes name the real pickles, which cannot exist offline
+@pytest.mark.parametrize("recipe,preset,resolution", [("layermatch/hrnet_w18-lsun_church256", "church256", 256),
+                                                      ("layermatch/hrnet_w18-lsun_car512", "car512", 512)],
+                         ids=["church256", "car512"])
+def test_layermatch_lsun_recipes_run_a_step_and_memory(tmp_path, recipe, preset, resolution):
+    offline = [arg.replace("random:ffhq256", f"random:{preset}") for arg in OFFLINE]
+    step_peak, peak = run_measured(tmp_path, preset, recipe, *offline, "--set", "backbone.init=random",
+                                   "--set", "train.batch_size=1", resolution=resolution)
+    print(f"layermatch hrnet_w18 {preset} ({resolution} px), batch 1: training step peak RSS "
+          f"{step_peak / 2**20:.2f} GiB, whole process {peak / 2**20:.2f} GiB")
+    recipe_text = (tmp_path / preset / "recipe.yaml").read_text()
+    assert f"source: random:{preset}" in recipe_text and "mixed_precision: bf16" in recipe_text
+    assert (tmp_path / preset / "export" / "config.json").exists()
+    assert 0 < step_peak / 2**20 < 16
