@@ -102,6 +102,21 @@ def test_cli_convert_then_info(tf_skip, tmp_path):
     assert not marker.exists(), "build_module_src was executed"
 
 
+def test_cli_sample_and_network_g_read_the_pickle_itself(tf_skip, tmp_path):
+    grid = tmp_path / "grid.png"
+    result = CliRunner().invoke(app, ["generator", "sample", str(tf_skip / "network-tf.pkl"), "--n", "4",
+                                      "--truncation", "0.7", "--out", str(grid)])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    with Image.open(grid) as image:
+        assert image.size[0] >= 2 * 32 and image.size[1] >= 2 * 32
+    info = CliRunner().invoke(app, ["generator", "info", str(tf_skip / "network-tf.pkl"), "--network", "G", "--json"])
+    assert info.exit_code == 0, info.output
+    facts = json.loads(info.stdout)
+    assert facts["network"] == "G" and facts["resolution"] == 32
+
+
 @pytest.mark.slow  # a pretrain process: ~20 s on 2 idle cores
 def test_pretrain_takes_the_tf_pickle_as_generator_source(tf_skip, tmp_path):
     """`--set generator.source=<TF pickle>`: a 2-step LayerMatch run whose teacher is the converted Gs."""
