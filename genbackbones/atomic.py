@@ -8,6 +8,7 @@ most a hidden `.tmp-*` sibling, never a half-written target.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import tempfile
@@ -24,6 +25,46 @@ def _umask() -> int:
 def _publish_mode(path: Path, directory: bool) -> None:
     """mkstemp/mkdtemp create private (0600/0700) entries; published ones get the usual mode."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def _publish_tree(root: Path) -> None:
+    """Give every entry of a folder about to be published the mode the umask gives (0644 / 0755 under 022).
+
+    Writers that go through their own private temporary file (safetensors' `save_file`
+    among them) leave 0600 files, which another user of a shared machine cannot read;
+    executable bits a writer set on purpose are kept.
+    """
+    mask = _umask()
+    for folder, dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                executable = os.stat(path).st_mode & 0o111
+                os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+        for name in dirs:
+            if not os.path.islink(os.path.join(folder, name)):
+                os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+    os.chmod(root, 0o777 & ~mask)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot.
+
+    Python's os has no renameat2; with two renames a process killed between them
+    would leave no folder at the target (the old one parked under a hidden name).
+    """
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -69,8 +110,10 @@ def directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
         yield tmp
-        _publish_mode(tmp, directory=True)
-        if path.exists():
+        _publish_tree(tmp)
+        if path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
+        elif path.exists():
             old = path.with_name(f".old-{path.name}-{os.getpid()}")
             os.replace(path, old)
             os.replace(tmp, path)

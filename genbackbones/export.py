@@ -35,7 +35,7 @@ import timm
 import torch
 from timm.models import save_for_hf
 
-from . import atomic
+from . import atomic, outputs
 from .backbones import BackboneSpec, create_backbone, is_hrnet, quiet_timm
 from .cards import LOCAL_PREFIX, backbone_card, load_line
 from .errors import UserError, first_line
@@ -80,9 +80,13 @@ def backbone_state_from_checkpoint(checkpoint: Path, prefix: str = "backbone.") 
 
 
 def export_backbone(features: torch.nn.Module, spec: BackboneSpec, out: Path, *, input_size: int, mean, std,
-                    license: str, provenance: dict, card: dict | None = None, overwrite: bool = True,
-                    extra_files: dict[str, str] | None = None) -> Path:
-    """Write the export folder atomically and check that the plain timm line loads identical features."""
+                    license: str, provenance: dict, card: dict | None = None, overwrite: bool = False,
+                    extra_files: dict[str, str] | None = None, inputs: tuple | list = ()) -> Path:
+    """Write the export folder atomically and check that the plain timm line loads identical features.
+
+    `out` is claimed first (outputs.py): locked, and new or empty unless `overwrite`,
+    which never replaces a run, the `inputs` read, or a folder holding them.
+    """
     model, model_args = _model_to_save(features, spec)
     model.pretrained_cfg = pretrained_cfg_for(spec.arch, input_size, mean, std, license, provenance["method"])
     if model is features:
@@ -91,7 +95,7 @@ def export_backbone(features: torch.nn.Module, spec: BackboneSpec, out: Path, *,
         model.pretrained_cfg.pop("classifier")
     provenance = {**provenance, "feature_channels": list(features.feature_info.channels())}
     out = Path(out)
-    with atomic.directory(out, overwrite=overwrite) as tmp:
+    with outputs.claim(out, overwrite=overwrite, inputs=inputs), atomic.directory(out, overwrite=True) as tmp:
         save_for_hf(model, str(tmp), model_args=model_args, safe_serialization=True,
                     model_config={"genbackbones": provenance})
         config = json.loads((tmp / "config.json").read_text())
@@ -149,8 +153,10 @@ def verify_export(folder: Path, features: torch.nn.Module, input_size: int) -> N
         features.train(was_training)
 
 
-def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None, console=None) -> Path:
-    """Export the newest intact checkpoint of a run to `<run>/export` or `out`.
+def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None, console=None,
+               overwrite: bool = False) -> Path:
+    """Export the newest intact checkpoint of a run to `<run>/export` (replaced) or `out` (new or empty, or
+    replaced with `overwrite`; never the run itself or a folder holding it).
 
     Damaged newer checkpoints (engine/checkpoints.py: `verify_checkpoint`) are skipped
     with one `note:` line each on `console` (default: stderr)."""
@@ -216,7 +222,7 @@ def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None,
         extra_files[RUN_MODEL_INDEX.as_posix()] = (run_dir / RUN_MODEL_INDEX).read_text()
     return export_backbone(features, spec, out or run_dir / "export", input_size=run_info.get("resolution", 64),
                            mean=mean_std[0], std=mean_std[1], license=license, provenance=provenance, card=card,
-                           extra_files=extra_files)
+                           extra_files=extra_files, overwrite=overwrite or out is None, inputs=[run_dir])
 
 
 def _data_desc(data) -> str | None:

@@ -105,7 +105,9 @@ def test_convert_refuses_to_overwrite_and_keeps_the_old_folder(nvidia_pkl, tmp_p
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     result = runner.invoke(app, ["generator", "convert", str(nvidia_pkl), str(out), "--network", "G"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {out} already exists; pass --overwrite to replace it"
+    assert result.stderr.strip() == (f"error: {out} already exists and is not empty (discriminator.safetensors, "
+                                     "generator.json, generator.safetensors, ...); pick a new or empty folder, or "
+                                     "pass --overwrite to replace it")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     result = runner.invoke(app, ["generator", "convert", str(nvidia_pkl), str(out), "--network", "G", "--overwrite"])
     assert result.exit_code == 0, result.output
@@ -248,7 +250,8 @@ def test_sample_grid_is_reproducible_and_saves_seeds(tiny_folder, tmp_path):
         alone = generate_images(G, [entry["seed"]], truncation=0.7)[0].numpy()
         assert np.array_equal(tile, alone)  # image i depends on seed + i only
     first = out.read_bytes()
-    assert runner.invoke(app, args).exit_code == 0 and out.read_bytes() == first
+    assert runner.invoke(app, args).exit_code == 2  # an existing grid is replaced only when asked
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0 and out.read_bytes() == first
 
 
 def test_sample_reports_user_errors(tiny_folder, tmp_path):

@@ -6,6 +6,7 @@ Heavy imports happen inside the command so that `genbackbones --help` stays fast
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -72,13 +73,17 @@ def evaluate_cmd(
     """Fine-tune / probe backbones on few labels and compare them with ImageNet and random init."""
     from ..evaluate import evaluate
     from ..evaluate.options import choose_protocol, data_options
+    from ..outputs import claim_new, hold
 
     options = data_options(
         data, resolution, target=target, image_column=image_column, mask_column=mask_column,
         landmark_columns=landmark_columns, eye_indices=eye_indices, classes=classes, class_colors=class_colors,
         label_pattern=label_pattern, data_config=data_config, data_split=data_split, data_revision=data_revision,
         data_dir=data_dir)
-    evaluate(backbones, task=task, data=options, labels=labels, seeds=seeds,
-             baselines=[b.strip() for b in baselines.split(",") if b.strip()], overrides=set_, epochs=epochs,
-             protocol=choose_protocol(protocol, finetune), out=out, run=run, device=device,
-             command=sys.argv[1:])  # Ctrl-C prints it back as the command that continues
+    # one writer per output folder (outputs.py); a default name is one no other command holds
+    claimed = hold(out) if out is not None else claim_new(Path("evaluation"), datetime.now().strftime("%Y%m%d-%H%M%S"))
+    with claimed as out:
+        evaluate(backbones, task=task, data=options, labels=labels, seeds=seeds,
+                 baselines=[b.strip() for b in baselines.split(",") if b.strip()], overrides=set_, epochs=epochs,
+                 protocol=choose_protocol(protocol, finetune), out=out, run=run, device=device,
+                 command=sys.argv[1:])  # Ctrl-C prints it back as the command that continues

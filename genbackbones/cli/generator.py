@@ -31,13 +31,18 @@ def convert(
                                 "The discriminator D is stored too when the checkpoint has one."),
     license_: Optional[str] = typer.Option(None, "--license", help="Licence of the weights, recorded in "
                                            "generator.json (e.g. 'Nvidia Source Code License-NC')."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it is not empty (never a run "
+                                   "folder or a folder holding SRC)."),
 ):
     """Import a checkpoint safely (no code from it runs) into our safetensors folder format."""
     from ..generators.formats.folder import read_meta
     from ..generators.open import convert as convert_checkpoint
+    from ..outputs import claim
 
-    folder = convert_checkpoint(src, dst, network=network, license=license_, overwrite=overwrite)
+    inputs = [src] if Path(src).exists() else []
+    with claim(dst, overwrite=overwrite, inputs=inputs, flag=""):  # before the (possibly long) load
+        # the claim has checked DST: an existing empty folder is taken too
+        folder = convert_checkpoint(src, dst, network=network, license=license_, overwrite=dst.exists())
     meta = read_meta(folder)
     has_d = "with D" if meta["D_init_kwargs"] is not None else "no D"
     print_copyable(f"converted {src} ({meta['network']}, {has_d}) -> {folder}")
@@ -122,36 +127,53 @@ def sample(
     n: int = typer.Option(16, "--n", min=1, help="Number of images."),
     seed: int = typer.Option(0, "--seed", min=0, help="Image i uses seed + i."),
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi (1 = none; 0.7 is a common choice)."),
-    out: Path = typer.Option(Path("grid.png"), "--out", help="PNG grid to write."),
+    out: Path = typer.Option(Path("grid.png"), "--out", help="PNG grid to write (an existing one only with "
+                             "--overwrite)."),
     save_seeds: bool = typer.Option(False, "--save-seeds", help="Also write seeds.json next to the grid and one "
                                     "PNG per image into <out stem>_images/."),
     class_idx: Optional[int] = typer.Option(None, "--class-idx", help="Class label (conditional generators)."),
     noise_mode: str = typer.Option("const", "--noise-mode", help="const, random or none."),
     network: Optional[str] = typer.Option(None, "--network", help="For checkpoints: G_ema (default) or G."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and with --save-seeds its "
+                                   "seeds.json and <out stem>_images/) if they exist."),
 ):
     """Write a reproducible grid of samples (NVIDIA gen_images.py seeds)."""
     from ..data.grids import image_grid, png_bytes
     from ..generators.open import open_generator
     from ..generators.sampling import generate_images, write_seed_files
     from .. import atomic
+    from ..outputs import hold
 
     if noise_mode not in ("const", "random", "none"):
         raise UserError(f"--noise-mode must be const, random or none, got {noise_mode!r}")
     if not math.isfinite(truncation):
         raise UserError(f"--truncation must be a finite number, got {truncation}")
-    loaded = open_generator(path, network=network)
-    loaded.G.to(device)
-    seeds = [seed + i for i in range(n)]
-    images = generate_images(loaded.G, seeds, truncation, class_idx, noise_mode, device)
-    cols = math.ceil(math.sqrt(n))
-    atomic.write_bytes(out, png_bytes(image_grid(images, cols)))
-    print_copyable(f"wrote {out} ({n} images, seeds {seeds[0]}..{seeds[-1]}, psi={truncation})")
-    if save_seeds:
-        folder, index = write_seed_files(out, images, seeds, cols, dict(
-            generator=str(path), network=loaded.meta.get("network"),
-            generator_source_sha256=loaded.sha256, truncation_psi=truncation,
-            noise_mode=noise_mode, class_idx=class_idx))
-        print_copyable(f"wrote {index} and {n} images in {folder}")
+    with hold(out):
+        _refuse_existing(out, save_seeds, overwrite)
+        loaded = open_generator(path, network=network)
+        loaded.G.to(device)
+        seeds = [seed + i for i in range(n)]
+        images = generate_images(loaded.G, seeds, truncation, class_idx, noise_mode, device)
+        cols = math.ceil(math.sqrt(n))
+        atomic.write_bytes(out, png_bytes(image_grid(images, cols)))
+        print_copyable(f"wrote {out} ({n} images, seeds {seeds[0]}..{seeds[-1]}, psi={truncation})")
+        if save_seeds:
+            folder, index = write_seed_files(out, images, seeds, cols, dict(
+                generator=str(path), network=loaded.meta.get("network"),
+                generator_source_sha256=loaded.sha256, truncation_psi=truncation,
+                noise_mode=noise_mode, class_idx=class_idx))
+            print_copyable(f"wrote {index} and {n} images in {folder}")
+
+
+def _refuse_existing(out: Path, save_seeds: bool, overwrite: bool) -> None:
+    """`sample` replaces earlier files only when asked: a grid may be the one a user kept from another seed."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; pass a .png file path")
+    written = [out] + ([out.with_name("seeds.json"), out.with_name(f"{out.stem}_images")] if save_seeds else [])
+    existing = [p for p in written if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{', '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''}; "
+                        "pass --overwrite to replace, or pick another --out")
 
 

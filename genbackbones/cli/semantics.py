@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
+from ..outputs import hold
 from .common import GENERATOR_SOURCE_HELP as GENERATOR_HELP, console, err_console, print_copyable
 
 
@@ -77,9 +78,10 @@ def annotate_cmd(
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     chosen = parse_layers(G, layers)
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    result, _ = annotate(G, masks, out, extractor, chosen, settings, seeds, names, class_colors, device,
-                         source=generator, generator_sha256=sha256, hidden=hidden,
-                         fingerprint=fingerprint, overwrite=overwrite)
+    with hold(out):  # one writer per output (outputs.py)
+        result, _ = annotate(G, masks, out, extractor, chosen, settings, seeds, names, class_colors, device,
+                             source=generator, generator_sha256=sha256, hidden=hidden,
+                             fingerprint=fingerprint, overwrite=overwrite)
     cfg = result.extractor.config
     table = Table("extractor", "images", "classes", "loss first → last", "train mIoU (%)", "pixel acc. (%)",
                   title=f"{extractor} extractor, {len(cfg.layers)} layers, {settings.steps} steps")
@@ -131,7 +133,8 @@ def cluster_cmd(
     chosen = parse_layers(G, layers, default="per-resolution")
     settings = KlishSettings(init_k=init_k, resolution=resolution, max_pixels=max_pixels, filter=not no_filter,
                              seed=seed)
-    with Progress(TextColumn("KLiSH merges"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
+    with hold(out), Progress(TextColumn("KLiSH merges"), BarColumn(), MofNCompleteColumn(),
+                             console=err_console) as bar:
         task = bar.add_task("merge", total=None)
 
         def on_merge(current: int) -> None:
@@ -182,8 +185,9 @@ def synthesize_cmd(
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     ext = _load_extractor_arg(extractor, load_extractor)
     G, fingerprint, _ = open_for_semantics(generator, network, device)
-    result = synthesize(G, ext, n, out, fmt, first_seed, batch_size, _sampling(truncation, class_idx), device,
-                        fingerprint=fingerprint, console=err_console, command=sys.argv[1:])
+    with hold(out):  # one writer per output (outputs.py): two resumed syntheses would write the same pairs
+        result = synthesize(G, ext, n, out, fmt, first_seed, batch_size, _sampling(truncation, class_idx), device,
+                            fingerprint=fingerprint, console=err_console, command=sys.argv[1:])
     skipped = result.total - result.written
     console.print(f"[green]done[/] {result.total} pairs in {out} ({result.written} written now, {skipped} already "
                   f"there), {result.seconds:.0f}s; classes: {', '.join(ext.config.classes)}", soft_wrap=True)

@@ -18,7 +18,8 @@ app = typer.Typer()
 
 SET_HELP = "Override a recipe value, e.g. --set train.steps=100 (repeatable)."
 RESUME_HELP = "Continue this run folder from its last checkpoint."
-OUTPUT_HELP = "Run folder (default runs/<name>-<time>); must not exist or be empty."
+OUTPUT_HELP = ("Run folder (default runs/<name>-<time>, with -2, -3 ... when taken); must not exist or be empty. "
+               "Locked while the command runs.")
 STEPS_HELP = "With --resume: train to this many steps in total."
 
 
@@ -87,13 +88,20 @@ def train_generator(
 @app.command("export")
 def export_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Export folder (default RUN/export)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Export folder (default RUN/export, replaced); "
+                                       "must not exist or be empty unless --overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out (an earlier export); "
+                                   "never a run folder, RUN, or a folder holding RUN."),
 ):
     """Export a run's backbone as model.safetensors + config.json + README.md (timm-loadable)."""
+    from ..outputs import check_writable_folder
+
+    if out is not None:  # refused at once, before the heavy imports; checked again under the folder's lock
+        check_writable_folder(out, overwrite=overwrite, inputs=[run])
     from ..cards import load_line
     from ..export import export_run
 
-    folder = export_run(run, out)
+    folder = export_run(run, out, overwrite=overwrite)
     print_copyable(f"exported {folder}")
     print_copyable(f"timm: {load_line(folder)}")
 

@@ -1,6 +1,6 @@
 """The one run skeleton: every training command (pretrain, train-generator, any method) goes through `train`.
 
-    reopen or choose the run folder -> the method validates and builds its inputs ->
+    reopen and lock, or claim, the run folder -> the method validates and builds its inputs ->
     accelerator -> the cost of one step (a throwaway copy) -> a budget becomes steps ->
     the method builds its task -> recipe.yaml -> resume -> run.json ->
     the loop -> samples.png -> the method's finish -> export -> run.json
@@ -23,11 +23,13 @@ FLOPs as the steps it came to). A run folder always means the same thing:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import random
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,7 +38,7 @@ import torch
 from rich.console import Console
 from rich.text import Text
 
-from .. import atomic
+from .. import atomic, outputs
 from ..data.grids import grid_image, save_png
 from ..errors import UserError, first_line
 from ..methods import get_method
@@ -56,8 +58,16 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
     """Run (or resume) the recipe's method; returns the run folder.
 
     `command` is the CLI command that asked (`pretrain`, `train-generator`): a recipe
-    for a method that another command runs is refused with a pointer to it.
+    for a method that another command runs is refused with a pointer to it. The run
+    folder is claimed and locked for the whole run (outputs.py): a second command on
+    it gets one line, and two runs started in the same second get two folders.
     """
+    with contextlib.ExitStack() as claims:
+        return _train(claims, recipe, output, resume, console, export, steps, command)
+
+
+def _train(claims: contextlib.ExitStack, recipe: Recipe | None, output: Path | None, resume: Path | None,
+           console: Console | None, export: bool, steps: int | None, command: str | None) -> Path:
     console = console or Console(stderr=True)
     if recipe is None and resume is None:
         raise UserError("give a recipe or a run folder to resume")
@@ -65,15 +75,17 @@ def train(recipe: Recipe | None = None, output: Path | None = None, resume: Path
     method = get_method(recipe.method)
     if command is not None and method.command != command:
         raise UserError(f"{recipe.method} recipes run with `genbackbones {method.command}`, not `{command}`")
+    if resume is not None:
+        claims.enter_context(_lock_run(run_dir))
+    else:  # only a locked name until everything is resolved: the folder is made once the input is valid
+        run_dir = claims.enter_context(claim_run_dir(recipe, output))
 
     # -- validate and build everything before anything is written --------------
     num_processes = int(os.environ.get("WORLD_SIZE", "1"))
     prepared = method.prepare(recipe, num_processes)
-    previous = _read_run_info(run_dir) if run_dir is not None else {}
+    previous = _read_run_info(run_dir) if resume is not None else {}
     checkpoint, skipped = None, []
-    if run_dir is None:
-        run_dir = new_run_dir(recipe, output)  # only a path until everything is resolved
-    else:  # the newest checkpoint that verifies; damaged newer ones are skipped with a note
+    if resume is not None:  # the newest checkpoint that verifies; damaged newer ones are skipped with a note
         checkpoint, skipped = latest_intact_checkpoint(run_dir)
         if checkpoint is None and skipped:
             raise no_intact_checkpoint(run_dir, skipped, method.command)
@@ -217,15 +229,33 @@ def reopen(run_dir: Path, steps: int | None) -> tuple[Recipe, Path]:
     return recipe, run_dir
 
 
-def new_run_dir(recipe: Recipe, output: Path | None) -> Path:
-    if output is not None:
-        output = Path(output)
-        if output.exists() and (not output.is_dir() or any(output.iterdir())):
-            raise UserError(f"{output} already exists and is not an empty folder; pick another --output or "
-                            f"continue it with --resume {output}")
-        return output
+@contextlib.contextmanager
+def claim_run_dir(recipe: Recipe, output: Path | None) -> Iterator[Path]:
+    """The new run's folder, locked for the block: `output` (new or empty), else runs/<name>-<time>[-N].
+
+    Under torchrun every process runs this; only the main one (RANK 0) locks, the
+    others write into the folder it claimed. With several processes and no
+    `output`, a name taken by another command would make rank 0 add a suffix the
+    others cannot know: pass -o then (docs/training.md).
+    """
+    main = os.environ.get("RANK", "0") == "0"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{recipe.name}-{stamp}"
+    if output is None and not main:
+        yield Path("runs") / f"{recipe.name}-{stamp}"
+    elif output is None:
+        with outputs.claim_new(Path("runs"), f"{recipe.name}-{stamp}") as run_dir:
+            yield run_dir
+    elif not main:
+        yield Path(output)
+    else:
+        with outputs.claim(output, flag="--output", hint=f"pick another --output or continue it with "
+                                                           f"--resume {output}") as run_dir:
+            yield run_dir
+
+
+def _lock_run(run_dir: Path):
+    """The resumed run, locked for the block (by the main process; see `claim_run_dir`)."""
+    return outputs.hold(run_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext(run_dir)
 
 
 def write_run_info(accelerator, run_dir: Path, info: dict) -> None:
