@@ -127,3 +127,21 @@ def test_verify_names_each_kind_of_damage(straight, tmp_path):
     assert verify_checkpoint(newest).startswith("trainer_state.json unreadable (")
     found, skipped = latest_intact_checkpoint(run)
     assert found == older and [s.checkpoint for s in skipped] == [newest]
+
+
+def test_a_skipped_newer_checkpoint_never_pushes_an_intact_one_out(tmp_path):
+    """Resumed from step 2 past a damaged step 4, with keep_checkpoints=1: saving step 3 keeps step 3 (the old
+    count, newest first, removed steps 2 and 3 and left only the damaged 4)."""
+    from accelerate import Accelerator
+
+    from genbackbones.engine.checkpoints import save_checkpoint
+
+    accelerator, model = Accelerator(cpu=True), torch.nn.Linear(2, 2)
+    for step in (2, 4):
+        save_checkpoint(accelerator, tmp_path, step, 0, {"model": model})
+    truncate(tmp_path / "checkpoints" / "step-0000004" / "model.safetensors", 10)
+    assert latest_intact_checkpoint(tmp_path)[0].name == "step-0000002"
+    save_checkpoint(accelerator, tmp_path, 3, 1, {"model": model})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000003", "step-0000004"]
+    found, skipped = latest_intact_checkpoint(tmp_path)
+    assert found.name == "step-0000003" and [s.checkpoint.name for s in skipped] == ["step-0000004"]

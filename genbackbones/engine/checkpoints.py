@@ -162,7 +162,10 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: in
                     torch.save(obj.state_dict(), tmp / f"{name}.pt")
             files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}  # verify_checkpoint checks them
             (tmp / STATE_FILE).write_text(json.dumps({"step": step, "objects": list(objects), "files": files}))
-        for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
+        # the last `keep` up to this step: a newer folder can only be a damaged one that the resume skipped
+        # (it is replaced when training reaches its step), and must not push an intact one out
+        upto = [d for d in checkpoint_dirs(run_dir) if _folder_step(d) <= step]
+        for old in upto[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
