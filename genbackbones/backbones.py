@@ -42,10 +42,41 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
         raise UserError(f"unknown timm architecture {spec.arch!r}; see `timm.list_models()` for valid names")
     if spec.init not in ("random", "imagenet"):
         raise UserError(f"backbone.init must be 'random' or 'imagenet', got {spec.init!r}")
+    check_feature_options(spec)
     name = spec.arch if spec.pretrained_tag is None else f"{spec.arch.split('.')[0]}.{spec.pretrained_tag}"
     if spec.init == "random":
-        return timm.create_model(name, pretrained=False, **feature_kwargs(spec))
+        return _build(spec, name, feature_kwargs(spec))
     return create_pretrained(name, **feature_kwargs(spec))
+
+
+def check_feature_options(spec: BackboneSpec) -> None:
+    """`backbone.out_indices` against the architecture's feature levels, as one line naming the key and the
+    valid levels (timm answers an index past the last level with an IndexError deep in its builder).
+
+    The recipe checks the form (increasing integers >= 0, `BackboneSpec.check`) without timm; the number of
+    levels needs the architecture itself, so it is checked here, where every method builds its backbone
+    before a run folder exists. Only recipes that set `out_indices` pay for the extra (random-init) build.
+    """
+    if spec.out_indices is None:
+        return
+    plain = {k: v for k, v in feature_kwargs(spec).items() if k != "out_indices"}
+    levels = len(_build(spec, spec.arch.split(".")[0], plain).feature_info)
+    wanted = list(spec.out_indices)
+    if max(wanted) >= levels:
+        raise UserError(f"backbone.out_indices={wanted}: {spec.arch} has feature levels 0-{levels - 1}; "
+                        "choose among them, or null for timm's default")
+
+
+def _build(spec: BackboneSpec, name: str, kwargs: dict) -> nn.Module:
+    """timm.create_model with random weights; a failure of the recipe's feature options is a UserError."""
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as err:  # timm's builders raise IndexError, AssertionError, TypeError, RuntimeError ...
+        options = ", ".join(f"backbone.{k}={v!r}" for k, v in (("feature_location", spec.feature_location),
+                                                                 ("out_indices", spec.out_indices)) if v is not None)
+        raise UserError(f"timm cannot build {spec.arch} as a feature extractor (features_only=True"
+                        f"{', ' + options if options else ''}): {type(err).__name__}: {first_line(err, 120)}; "
+                        "choose other backbone options or another architecture") from None
 
 
 @contextmanager

@@ -23,6 +23,7 @@ folder. Local paths that exist are saved absolute in a run's recipe.yaml, so
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -34,7 +35,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import RecipeValueError, UserError, require
-from .methods import get_method
+from .methods import get_method, method_names
 
 RECIPES_DIR = Path(__file__).resolve().parent / "assets" / "recipes"
 SHARED_SECTIONS = ("generator", "backbone", "data", "train")
@@ -105,6 +106,12 @@ class BackboneSpec:
     def check(self) -> None:
         require(self.feature_location in (None, "", "incre"), "feature_location",
                 f"must be '' or 'incre' (HRNet only), got {self.feature_location!r}")
+        # the levels in the order timm returns them (a features model outputs them in network order), so the
+        # trained channels line up with the list; the number of levels is checked with timm (`backbones.py`)
+        indices = list(self.out_indices or [])
+        require(self.out_indices is None or (indices and indices == sorted(set(indices)) and indices[0] >= 0),
+                "out_indices", f"must list feature levels as increasing integers >= 0, e.g. [1, 2, 3], or null "
+                               f"for the architecture's default, got {indices}")
 
     def with_init(self, init: str) -> "BackboneSpec":
         """The same architecture with another init (e.g. 'random' to build it before loading weights)."""
@@ -236,17 +243,49 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe (no argument = the quickstart)."""
+    """Read, override and validate a recipe (no argument = the quickstart).
+
+    An error is blamed on what caused it: the file when the file alone is wrong, else the first `--set`
+    item after which the recipe no longer validates (a typo in `--set` is not the bundled file's fault).
+    """
     path, bundled = resolve_recipe_path(None if path is None else str(path))
     data = read_yaml(path)
     if data is None:
-        data = {}
+        raise UserError(f"{path} is empty; a recipe names its method and the settings it changes, e.g. "
+                        "`method: layermatch` (start from one of `genbackbones recipes`)")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     if not bundled:
         _resolve_paths_next_to(data, Path(path).resolve().parent)
-    apply_overrides(data, overrides or [])
-    return from_data(data, str(path))
+    overrides = list(overrides or [])
+    try:
+        return from_data(_overridden(data, overrides), str(path))
+    except UserError:
+        culprit = _blame_overrides(data, overrides, str(path))
+        if culprit is None:
+            raise
+        raise culprit from None
+
+
+def _overridden(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    apply_overrides(data, overrides)
+    return data
+
+
+def _blame_overrides(data: dict, overrides: list[str], source: str) -> UserError | None:
+    """The error of the first `--set` item that breaks a valid file, named by that item; None when the file
+    alone is already wrong (its own error stands). Only on the error path: each try is a validation."""
+    try:
+        from_data(copy.deepcopy(data), source)
+    except UserError:
+        return None
+    for i, item in enumerate(overrides):
+        try:
+            from_data(_overridden(data, overrides[:i + 1]), f"--set {item}")
+        except UserError as err:
+            return err
+    return None
 
 
 def from_data(data: dict, source: str) -> Recipe:
@@ -255,7 +294,9 @@ def from_data(data: dict, source: str) -> Recipe:
     The method registry gives the type of the method's own section (it imports the method's module).
     """
     data = dict(data)
-    method_name = data.get("method", Recipe.method)
+    if "method" not in data:
+        data["method"] = _method_from_section(data, source)
+    method_name = data["method"]
     if not isinstance(method_name, str):
         raise UserError(f"{source}: 'method' must be a method name, got {method_name!r}")
     method = get_method(method_name, source)
@@ -274,6 +315,16 @@ def from_data(data: dict, source: str) -> Recipe:
         recipe.method_cfg = from_dict(method.config, own or {}, source, f"{method.section}.")
     _make_paths_absolute(recipe)
     return recipe
+
+
+def _method_from_section(data: dict, source: str) -> str:
+    """A recipe without `method:` names its method by its one method section (`layermatch: {...}`); with
+    neither it is refused, not silently run as the default method."""
+    named = [name for name in method_names() if get_method(name).section in data]
+    if len(named) == 1:
+        return named[0]
+    raise UserError(f"{source}: the recipe names no method; add `method: <name>` (one of "
+                    f"{', '.join(method_names())}), e.g. `method: layermatch`")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> None:

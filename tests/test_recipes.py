@@ -29,18 +29,18 @@ def test_quickstart_is_the_default_and_every_shipped_recipe_validates():
 
 
 def test_unknown_key_names_the_key_and_the_file(tmp_path):
-    path = write(tmp_path, "train:\n  lr_rate: 0.1\n")
+    path = write(tmp_path, "method: layermatch\ntrain:\n  lr_rate: 0.1\n")
     with pytest.raises(UserError, match=r"r\.yaml: unknown recipe key 'train\.lr_rate'"):
         load_recipe(path)
 
 
 def test_wrong_types_and_bad_choices(tmp_path):
     with pytest.raises(UserError, match=r"'train\.steps' must be int"):
-        load_recipe(write(tmp_path, "train:\n  steps: many\n"))
+        load_recipe(write(tmp_path, "method: layermatch\ntrain:\n  steps: many\n"))
     with pytest.raises(UserError, match=r"'backbone\.init' must be one of"):
-        load_recipe(write(tmp_path, "backbone:\n  init: imagenet21k\n"))
+        load_recipe(write(tmp_path, "method: layermatch\nbackbone:\n  init: imagenet21k\n"))
     with pytest.raises(UserError, match=r"'train' must be a section"):
-        load_recipe(write(tmp_path, "train: 5\n"))
+        load_recipe(write(tmp_path, "method: layermatch\ntrain: 5\n"))
 
 
 def test_malformed_yaml_names_the_line(tmp_path):
@@ -64,9 +64,9 @@ def test_resolved_recipe_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("train:\n  lr_rate: 0.1\n", "unknown recipe key 'train.lr_rate'"),
+    ("method: layermatch\ntrain:\n  lr_rate: 0.1\n", "unknown recipe key 'train.lr_rate'"),
     ("train: [\n", "malformed YAML"),
-    ("generator:\n  source: /nonexistent/ckpt.pkl\n", "/nonexistent/ckpt.pkl"),
+    ("method: layermatch\ngenerator:\n  source: /nonexistent/ckpt.pkl\n", "/nonexistent/ckpt.pkl"),
 ])
 def test_cli_bad_input_exit_2_one_line_no_run_folder(tmp_path, text, message):
     recipe = write(tmp_path, text)
