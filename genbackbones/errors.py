@@ -28,6 +28,19 @@ def require(condition: bool, key: str, message: str) -> None:
         raise RecipeValueError(key, message)
 
 
+KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
+
+def kind_words(kind: type) -> str:
+    """What a value of `kind` is called in a message: 'expected an integer' (not 'expected a int')."""
+    return KIND_WORDS.get(kind, f"a {getattr(kind, '__name__', kind)}")
+
+
+def plural(n: int, word: str) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def first_line(err: BaseException, limit: int = 150) -> str:
     """An exception as one short line for a UserError message (its first non-empty line, or its type's name)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]

@@ -282,8 +282,10 @@ def test_labels_csv_with_string_labels_and_an_unknown_target(tmp_path):
         Image.new("RGB", (16, 16), (i * 30, 0, 0)).save(root / "images" / f"{i}.png")
         lines.append(f"{i}.png,{'red' if i % 2 else 'blue'},{i}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    data = load_data(options(root, resolution=16), "classification")
+    data = load_data(options(root, resolution=16, target="colour"), "classification")
     assert data.schema.target == "colour" and data.schema.classes == ("blue", "red")
+    with pytest.raises(UserError, match=r"labels\.csv has 2 label columns \(colour, size\); choose one with --target"):
+        load_data(options(root, resolution=16), "classification")
     with pytest.raises(UserError, match="no label column 'shape'"):
         load_data(options(root, resolution=16, target="shape"), "classification")
 

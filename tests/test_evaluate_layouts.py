@@ -166,6 +166,7 @@ def test_pascal_voc_layout_uses_the_images_that_have_masks(tmp_path):
 @pytest.mark.parametrize("content, expected", [
     ("background\nskin\nl_eye\nr_eye\n", ("background", "skin", "l_eye", "r_eye")),
     ("0: background\n1: skin\n3: r_eye\n2: l_eye\n", ("background", "skin", "l_eye", "r_eye")),
+    ("background, skin,l_eye ,r_eye\n", ("background", "skin", "l_eye", "r_eye")),  # as --classes takes them
 ])
 def test_classes_txt_plain_or_numbered(tmp_path, content, expected):
     root = tmp_path / "c"

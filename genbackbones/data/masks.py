@@ -143,7 +143,8 @@ CLASS_FILES = ("classes.txt", "classes.json", "id2label.json")
 def read_class_names(folders: Sequence[Path]) -> tuple[tuple[str, ...] | None, str | None, str | None]:
     """(class names, colour-map file, where they came from) from the first class file in `folders`.
 
-    `classes.txt`: one name per line in class-index order (or `index name` / `index: name` lines);
+    `classes.txt`: one name per line in class-index order (or `index name` / `index: name` lines), or one
+    comma-separated line (as `--classes` takes them);
     `classes.json` / `id2label.json`: a list of names, {index: name} (the Hub's id2label), {name: index},
     or {name: colour} / [{name, color}] (a colour map for colour-coded masks).
     """
@@ -159,6 +160,8 @@ def read_class_names(folders: Sequence[Path]) -> tuple[tuple[str, ...] | None, s
 def _parse_class_file(path: Path) -> tuple[tuple[str, ...] | None, str | None]:
     if path.suffix == ".txt":
         lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        if len(lines) == 1 and "," in lines[0]:  # one comma-separated line: the form `--classes` takes
+            return _check_names(tuple(v.strip() for v in lines[0].split(",") if v.strip()), path), None
         numbered = [re.fullmatch(r"(\d+)\s*[:,=\s]\s*(.+)", ln) for ln in lines]
         if lines and all(numbered):
             return _from_index_map({int(m.group(1)): m.group(2).strip() for m in numbered}, path), None

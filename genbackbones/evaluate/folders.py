@@ -291,6 +291,9 @@ def _attach_table_labels(rows: list[_Row], path: Path, options: DataOptions) -> 
     header, body = _read_csv(path)
     name_col = _name_column(header)
     label_columns = [h for i, h in enumerate(header) if i != name_col]
+    if not options.target and len(label_columns) > 1:  # which one is the label is the user's choice, not ours
+        raise UserError(f"{path} has {len(label_columns)} label columns ({', '.join(label_columns)}); choose one "
+                        f"with --target, e.g. --target {label_columns[0]}")
     target = options.target or (label_columns[0] if label_columns else None)
     if target not in label_columns:
         raise UserError(f"{path}: no label column {target!r}; columns: {', '.join(label_columns)} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
-from ..errors import UserError
+from ..errors import UserError, kind_words
 
 
 @dataclass
@@ -139,7 +139,7 @@ def apply_data_overrides(options: DataOptions, items: Sequence[str]) -> DataOpti
         try:
             options = replace(options, **{key: OVERRIDES[key](value)})
         except ValueError:
-            raise UserError(f"--set {item!r}: expected a {OVERRIDES[key].__name__}") from None
+            raise UserError(f"--set {item!r}: expected {kind_words(OVERRIDES[key])}") from None
     check(options)
     return options
 

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import atomic
+from ..errors import plural
 from .metrics import mean_std
 
 TASK_TYPES = {"segmentation": "image-segmentation", "landmarks": "keypoint-detection",
@@ -111,7 +112,7 @@ def print_table(results: dict, console: Console) -> None:
     for spec in results["metrics"]:
         arrow = "higher is better" if spec["higher_is_better"] else "lower is better"
         table = Table(title=f"{results['task']}: {spec['label']}, {arrow}",
-                      caption=f"mean ± std over {len(results['seeds'])} seed(s) · {results['data']['summary']}")
+                      caption=f"mean ± std over {plural(len(results['seeds']), 'seed')} · {results['data']['summary']}")
         table.add_column("backbone")
         for n in results["labels"]:
             table.add_column(f"{n} labels", justify="right")
@@ -177,7 +178,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel(spec["label"] + ("" if spec["higher_is_better"] else "  (lower is better)"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    title = f"{results['task']} · {results['data']['summary']} · mean ± std over {len(results['seeds'])} seed(s)"
+    title = f"{results['task']} · {results['data']['summary']} · mean ± std over {plural(len(results['seeds']), 'seed')}"
     if results["unavailable"]:
         title += "\n" + "; ".join(f"{u['name']}: not available" for u in results["unavailable"])
     fig.suptitle(title, fontsize=9)
@@ -233,7 +234,7 @@ def model_index(results: dict) -> dict:
             others = [f"{b['name']} {_cell(_row(summary, b['name'], spec['key'], n))}"
                       for b in results["backbones"][1:]]
             others += [f"{u['name']}: not available" for u in results["unavailable"]]
-            value = f"{_cell(mine)} ({mine['seeds']} seeds" + ("; " + "; ".join(others) if others else "") + ")"
+            value = f"{_cell(mine)} ({plural(mine['seeds'], 'seed')}" + ("; " + "; ".join(others) if others else "") + ")"
             rows.append({"task": f"{results['task']} ({results['protocol']})", "dataset": data["name"],
                          "metric": spec["label"], "labels": n, "value": value, "protocol": protocol})
     return {"model_name": subject, "eval_results": eval_results, "rows": rows}

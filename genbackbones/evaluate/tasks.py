@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, kind_words
 from .backbones import ResolvedBackbone
 from .data import Labelled, Schema
 from .metrics import IGNORE_INDEX, balanced_accuracy, confusion_matrix, nme, segmentation_scores, top1
@@ -162,7 +162,7 @@ def _parse(value: str, kind: type, key: str):
             return value.lower() in ("true", "1", "yes")
         return kind(value)
     except ValueError:
-        raise UserError(f"--set {key}={value}: expected a {kind.__name__}") from None
+        raise UserError(f"--set {key}={value}: expected {kind_words(kind)}") from None
 
 
 def _validate(task: str, s) -> None:
