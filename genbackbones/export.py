@@ -27,6 +27,7 @@ the root key `genbackbones` (timm ignores extra root keys).
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def export_run(run_dir: Path, out: Path | None = None, card: dict | None = None,
         raise no_intact_checkpoint(run_dir, skipped, method.command)
     if checkpoint is None:
         raise UserError(f"{run_dir} has no complete checkpoint yet; train it first "
-                        f"(genbackbones {method.command} --resume {run_dir})")
+                        f"(genbackbones {method.command} --resume {shlex.quote(str(run_dir))})")
     console = console or Console(stderr=True)
     for note in skipped_notes(run_dir, skipped):
         console.print(Text.assemble(("note:", "yellow"), f" {note}"), highlight=False, soft_wrap=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,7 @@ def stage(source: str | Path, repo_id: str, tags: list[str] | None = None) -> St
         return Staged("backbone", repo_id, _backbone_files(source, run_dir, repo_id, tags))
     if (source / "recipe.yaml").exists():
         if not (source / "export" / "config.json").exists():
-            raise UserError(f"{source} has no export yet; run `genbackbones export {source}` first")
+            raise UserError(f"{source} has no export yet; run `genbackbones export {shlex.quote(str(source))}` first")
         return Staged("backbone", repo_id, _backbone_files(source / "export", source, repo_id, tags))
     raise UserError(f"{source} is neither a run folder (recipe.yaml), an export folder (config.json) nor a generator "
                     "folder (generator.json)")
@@ -411,13 +412,16 @@ class RepoInfo:
     eval_results: list[dict]
     files: list[tuple[str, int | None]] = field(default_factory=list)
     load_line: str = ""
+    local: bool = False  # a folder on this machine, not a Hub repo
 
 
 def info(spec: str) -> RepoInfo:
-    """Card data, provenance and files of a repo (from the HF cache when offline)."""
+    """Card data, provenance and files of a repo (from the HF cache when offline), or of a local folder."""
     from huggingface_hub import HfApi, ModelCard, hf_hub_download
     from huggingface_hub.errors import OfflineModeIsEnabled
 
+    if not spec.startswith(HUB_PREFIX) and Path(spec).exists():  # `exports/q` is a valid Hub id too: local wins
+        return local_info(Path(spec))
     repo_id, revision = parse_repo_spec(spec)
     from .offline import cache_only_when_offline
 
@@ -435,6 +439,35 @@ def info(spec: str) -> RepoInfo:
         config = _read_json(Path(hf_hub_download(repo_id, "generator.json" if kind == "generator" else "config.json",
                                                  revision=revision)))
     return _repo_info(repo_id, sha, kind, card.data, config, files)
+
+
+def local_info(folder: Path) -> RepoInfo:
+    """What `info` shows for a run, export or generator folder on this machine: the same facts, read from its
+    files (the card as the folder holds it, not as a push would render it)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a local file, not a folder or a Hub repo; give an export, run or generator "
+                        "folder, or ORG/NAME")
+    if (folder / "recipe.yaml").exists() and not (folder / "config.json").exists():
+        if not (folder / "export" / "config.json").exists():
+            raise UserError(f"{folder} is a local run folder with no export yet; run `genbackbones export "
+                            f"{shlex.quote(str(folder))}` first")
+        folder = folder / "export"
+    kind = "generator" if (folder / "generator.json").exists() else "backbone" if (folder / "config.json").exists() \
+        else None
+    if kind is None:
+        raise UserError(f"{folder} is a local folder but neither a run, an export (config.json) nor a generator "
+                        "folder (generator.json)")
+    config = _read_json(folder / ("generator.json" if kind == "generator" else "config.json"))
+    readme = folder / "README.md"
+    data = ModelCard.load(readme, ignore_metadata_errors=True).data if readme.is_file() else ModelCardData()
+    files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    found = _repo_info(str(folder), "local", kind, data, config, files)
+    found.load_line = (f"genbackbones.open_generator('{folder.resolve()}')" if kind == "generator"
+                       else load_line(folder))
+    found.local = True
+    return found
 
 
 def _repo_info(repo_id: str, sha: str, kind: str, data, config: dict, files) -> RepoInfo:

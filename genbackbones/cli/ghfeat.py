@@ -26,7 +26,7 @@ def reconstruct_cmd(
     out: Path = typer.Option(Path("reconstruction.png"), "--out", help="Grid of input | reconstruction pairs."),
     baselines: bool = typer.Option(False, "--baselines",
                                    help="Also score the generator's mean image and the untrained encoder."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images encoded and rendered at once."),
 ):
     """Encode images with a GH-Feat run and re-render them; prints MSE (images in [-1, 1], outputs clipped) and SSIM."""
     from ..methods.ghfeat.use import reconstruct
@@ -62,7 +62,7 @@ def features_cmd(
     run: Path = typer.Argument(..., help="A GH-Feat run folder."),
     images: list[str] = typer.Argument(..., help=IMAGES_HELP),
     out: Path = typer.Option(Path("features.safetensors"), "--out", help="Output safetensors file."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images encoded at once."),
 ):
     """GH-Feat vectors per level (level.<i>, and `all`) for linear probes, as safetensors."""
     from ..methods.ghfeat.use import extract_features

@@ -95,12 +95,14 @@ def list_cmd(org: str = typer.Argument(..., help="Hub organisation or user.")):
 
 
 @app.command("info")
-def info_cmd(spec: str = typer.Argument(..., help="hf-hub:ORG/NAME[@REVISION] (prefix optional).")):
+def info_cmd(spec: str = typer.Argument(..., help="hf-hub:ORG/NAME[@REVISION] (prefix optional), or a local "
+                                                   "run, export or generator folder.")):
     """Show a repo's method, generator, licence, evaluation results and files."""
     from ..hub import info
 
     data = info(spec)
-    table = Table(show_header=False, title=f"{data.repo_id} @ {data.revision[:10]}")
+    title = f"{data.repo_id} (a local folder, not a Hub repo)" if data.local else f"{data.repo_id} @ {data.revision[:10]}"
+    table = Table(show_header=False, title=title)
     for key, value in (("kind", data.kind), ("method", data.method), ("generator", data.generator),
                        ("generator sha256", data.generator_sha256), ("licence", data.license),
                        ("base model", data.base_model or "-"), ("tags", ", ".join(data.tags) or "-")):

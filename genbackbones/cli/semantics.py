@@ -6,6 +6,7 @@ Parsing and printing only; the work is in `genbackbones/semantics/`.
 from __future__ import annotations
 
 import sys
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -56,13 +57,13 @@ def annotate_cmd(
     layers: str = typer.Option("auto", "--layers", help="'auto' (every conv layer) or comma-separated tap names "
                                "(see `generator info`)."),
     steps: int = typer.Option(400, "--steps", min=1, help="Training steps."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Generated images per training step."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: 1e-2 linear, 3e-3 "
                                        "nonlinear / light)."),
     hidden: int = typer.Option(32, "--hidden", min=1, help="Width of the nonlinear / light extractors."),
     seed: int = typer.Option(0, "--seed", min=0, help="Training seed."),
     network: Optional[str] = typer.Option(None, "--network", help="For checkpoints: G_ema (default) or G."),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ):
     """Train a semantic extractor on your masks of generated images (paper 000 Algorithm 1, paper 004)."""
@@ -89,7 +90,7 @@ def annotate_cmd(
                   f"{result.curve[0][1]:.3f} → {result.curve[-1][1]:.3f}", f"{result.scores['miou']:.1f}",
                   f"{result.scores['pixel_accuracy']:.1f}")
     console.print(table)
-    print_copyable(f"wrote {out}  (use it: genbackbones synthesize {generator} --extractor {out} "
+    print_copyable(f"wrote {out}  (use it: genbackbones synthesize {shlex.quote(str(generator))} --extractor {shlex.quote(str(out))} "
                    "--n 10000 --out DATASET)")
 
 
@@ -111,13 +112,13 @@ def cluster_cmd(
     no_filter: bool = typer.Option(False, "--no-filter", help="Skip the filtering of non-separable initial "
                                    "clusters."),
     samples: int = typer.Option(6, "--samples", min=1, help="Images shown in merge_tree.png."),
-    first_seed: int = typer.Option(0, "--first-seed", min=0),
+    first_seed: int = typer.Option(0, "--first-seed", min=0, help="Images use seeds FIRST..FIRST+N-1."),
     seed: int = typer.Option(0, "--seed", min=0, help="k-means / pixel sampling seed."),
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi (1 = none)."),
     class_idx: Optional[int] = typer.Option(None, "--class-idx", help="Class label (conditional generators)."),
-    network: Optional[str] = typer.Option(None, "--network"),
-    device: str = typer.Option("cpu", "--device"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    network: Optional[str] = typer.Option(None, "--network", help="For checkpoints: G_ema (default) or G."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ):
     """Unsupervised semantic clusters with KLiSH (paper 002); writes a KLiSH extractor for `synthesize`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -154,8 +155,9 @@ def cluster_cmd(
     console.print(table)
     console.print(f"k-means {result.initial_k} -> {result.kept_k} after filtering -> {k} clusters, "
                   f"{run.seconds:.0f}s; fingerprint {fingerprint[:12]}", highlight=False)
-    print_copyable(f"wrote {out}/merge_tree.png, clusters.json, extractor/  (use it: genbackbones "
-                   f"synthesize {generator} --extractor {out}/extractor --n 10000 --out DATASET)")
+    print_copyable(f"wrote {out}/merge_tree.png, clusters.json, extractor/  (use it: genbackbones synthesize "
+                   f"{shlex.quote(str(generator))} --extractor {shlex.quote(str(out / 'extractor'))} --n 10000 "
+                   "--out DATASET)")
 
 
 # ----------------------------------------------------------------------------- synthesize
@@ -171,11 +173,11 @@ def synthesize_cmd(
     fmt: str = typer.Option("folder", "--format", help="folder (images/ + masks/) or datasets (also OUT/dataset, "
                             "a `datasets` dataset)."),
     first_seed: int = typer.Option(0, "--first-seed", min=0, help="Pairs use seeds FIRST..FIRST+N-1."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images generated and labelled at once."),
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi (1 = none)."),
-    class_idx: Optional[int] = typer.Option(None, "--class-idx"),
-    network: Optional[str] = typer.Option(None, "--network"),
-    device: str = typer.Option("cpu", "--device"),
+    class_idx: Optional[int] = typer.Option(None, "--class-idx", help="Class label (conditional generators)."),
+    network: Optional[str] = typer.Option(None, "--network", help="For checkpoints: G_ema (default) or G."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cuda."),
 ):
     """Write N (image, mask) pairs; resumable: run it again to continue where it stopped."""
     from ..semantics.extractors import load_extractor

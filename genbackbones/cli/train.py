@@ -6,6 +6,7 @@ methods each accepts; a recipe's `method:` decides what trains.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -82,7 +83,7 @@ def train_generator(
     if not is_main_process():
         return
     print_copyable(f"done run: {run_dir}")
-    print_copyable(f"generator: {run_dir / GENERATOR_DIR}  (use it with --set generator.source={run_dir / GENERATOR_DIR})")
+    print_copyable(f"generator: {run_dir / GENERATOR_DIR}  (use it with --set generator.source={shlex.quote(str(run_dir / GENERATOR_DIR))})")
 
 
 @app.command("export")

@@ -86,7 +86,8 @@ def to_square_rgb(image, resolution: int, name: str = "image") -> np.ndarray:
     image = image.crop((left, top, left + side, top + side))
     if side != resolution:
         image = image.resize((resolution, resolution), Image.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
+    # a copy: np.asarray of a PIL image is read-only, and torch.from_numpy warns about every such array
+    return np.array(image, dtype=np.uint8)
 
 
 def load_folder(path: Path, resolution: int, limit: int = 0) -> TensorImages:
@@ -116,12 +117,23 @@ def load_hf_dataset(name: str, resolution: int, split: str = "train", column: st
     """An image column of a `datasets` dataset (local path or Hub id; offline works from the cache)."""
     import datasets
 
+    from ..offline import hub_reachable
+
+    local = Path(name).exists()
+    offline = not local and not datasets.config.HF_HUB_OFFLINE and not hub_reachable()
+    if offline:  # the cache alone, at once: without a network `datasets` retries each request for a minute
+        datasets.config.HF_HUB_OFFLINE = True
     try:
         ds = datasets.load_from_disk(name) if Path(name).is_dir() and (Path(name) / "dataset_info.json").exists() \
             else datasets.load_dataset(name, split=split)
     except Exception as err:
-        raise UserError(f"cannot load dataset {name!r} ({type(err).__name__}: {first_line(err, 120)}); "
-                        "give a local folder, a saved dataset, or a Hub id present in the cache") from None
+        what = f"cannot load dataset {name!r}" if local else f"data.source {name}: no such folder, and no Hub " \
+            f"dataset {name!r} {'in the cache (the Hub cannot be reached)' if offline else 'could be loaded'}"
+        raise UserError(f"{what} ({type(err).__name__}: {first_line(err, 120)}); give a folder of images, a "
+                        "dataset saved with save_to_disk, or a Hub dataset id present in the cache") from None
+    finally:
+        if offline:
+            datasets.config.HF_HUB_OFFLINE = False
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise UserError(f"dataset {name!r} has no split {split!r}; it has {', '.join(ds)}")
@@ -147,7 +159,21 @@ def open_images(source: str, resolution: int, count: int = 0, seed: int = 0, spl
         return load_folder(Path(source), resolution, count)
     if Path(source).exists() and not Path(source).is_dir():
         raise UserError(f"data source {source} is a file; give a folder of images or a dataset")
+    if not Path(source).exists() and not _hub_id(source):  # a path, not a Hub id: nothing to ask the Hub
+        raise UserError(f"data.source {source}: no such folder; give a folder of images, a dataset saved with "
+                        "save_to_disk, a Hub dataset id (org/name) or faces")
     return load_hf_dataset(source, resolution, split, column, count)
+
+
+def _hub_id(text: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def epoch_indices(n: int, step: int, batch: int, process: int, num_processes: int, seed: int) -> list[int]:

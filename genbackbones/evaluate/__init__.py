@@ -15,6 +15,7 @@ command computes only the cells still missing.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -82,7 +83,7 @@ def evaluate(backbones: list[str], task: str = "segmentation", data: DataOptions
     print_table(results, table_console or Console())
     if run is not None:
         path = merge_into_run(run, model_index({**results, "summary": None}))
-        console.print(f"model index for the card: {path} (apply it with `genbackbones export {run}`)")
+        console.print(f"model index for the card: {path} (apply it with `genbackbones export {shlex.quote(str(run))}`)")
     console.print(f"[green]results[/] {out}/results.json · {out}/summary.csv · {out}/{task}.png")
     return out
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def resolve_backbone(reference: str) -> ResolvedBackbone:
         if (folder / "config.json").exists():
             return _export(folder, reference, kind="export", name=_folder_name(folder))
         if (folder / "recipe.yaml").exists():
-            raise UserError(f"run {folder} has no export yet; run `genbackbones export {folder}` first")
+            raise UserError(f"run {folder} has no export yet; run `genbackbones export {shlex.quote(str(folder))}` first")
         raise UserError(f"{folder} is neither a run folder (with export/) nor an export folder (with config.json)")
     if reference.startswith("local-dir:") or "/" in reference or reference.startswith("."):
         raise UserError(f"backbone {reference!r}: folder {folder} does not exist")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
     path = folder / META_FILE
     if not path.is_file():
         raise UserError(f"{folder} is not a genbackbones generator folder (no {META_FILE}); create one with "
-                        f"`genbackbones generator convert CHECKPOINT {folder}`")
+                        f"`genbackbones generator convert CHECKPOINT {shlex.quote(str(folder))}`")
     try:
         meta = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -15,6 +15,7 @@ test faces of the bundled procedural domain).
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def load_run(run_dir: str | Path) -> GHFeatRun:
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise UserError(f"{run_dir} has no complete checkpoint yet; train it first "
-                        f"(genbackbones pretrain --resume {run_dir})")
+                        f"(genbackbones pretrain --resume {shlex.quote(str(run_dir))})")
     G = open_generator(recipe.generator.source, recipe.generator.network, seed=recipe.seed).G
     encoder = build_encoder(recipe, G, None, init="random")
     path = checkpoint / "model.safetensors"
