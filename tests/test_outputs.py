@@ -108,10 +108,14 @@ def test_a_folder_in_use_names_its_holder(sandbox, tmp_path):
     assert one_error_line(proc) == (f"error: busy is in use by pid {os.getpid()} on {host} (genbackbones pretrain "
                                     "other.yaml); wait for it or pick another folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused command leaves nothing behind"
-    # the same for a resumed run
+    # the same for a resumed run, and for an evaluation (row 5: two at once silently replaced each other's results)
     with hold(sandbox / "runs" / "q"):
         proc = run("pretrain", "--resume", "runs/q", "--steps", "3", cwd=sandbox)
     one_error_line(proc, "runs/q is in use by pid")
+    with hold(tmp_path / "evaluation" / "same", command="genbackbones evaluate runs/q --out evaluation/same"):
+        proc = run("evaluate", str(sandbox / "runs" / "q"), "--out", "evaluation/same", cwd=tmp_path)
+    one_error_line(proc, "evaluation/same is in use by pid", "(genbackbones evaluate runs/q --out evaluation/same)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_every_file_written_gets_the_mode_the_umask_gives(sandbox):
