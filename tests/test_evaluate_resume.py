@@ -116,3 +116,46 @@ def test_ctrl_c_keeps_finished_cells_and_the_same_command_continues_to_the_same_
     assert (out / "summary.csv").read_text() == (straight_out / "summary.csv").read_text()
     assert not is_resumable_evaluation(out)
 
+
+
+def test_an_interrupted_evaluate_call_continues_to_the_same_results(tiny_run, tmp_path, monkeypatch):
+    """The same contract through the Python API, in one process (fast): KeyboardInterrupt in the second cell."""
+    import io
+
+    import torch
+    from rich.console import Console
+
+    import genbackbones.evaluate.tasks as tasks
+    from genbackbones.evaluate import evaluate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared CPU
+    tiny = ["min_steps=2", "max_steps=2", "data.pool=12", "data.test_size=6", "eval_batch_size=8"]
+
+    def run(out: Path, console: Console) -> dict:
+        evaluate([str(tiny_run)], "segmentation", labels="4", seeds=2, baselines=["random"], overrides=tiny,
+                 out=out, device="cpu", console=console, table_console=Console(file=io.StringIO()))
+        return json.loads((out / "results.json").read_text())
+
+    try:
+        straight = run(tmp_path / "straight", Console(file=io.StringIO()))
+        real, calls = tasks.run_protocol, []
+
+        def ctrl_c_in_the_second_cell(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(tasks, "run_protocol", ctrl_c_in_the_second_cell)
+        console = Console(file=io.StringIO(), width=40)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "out", console)
+        out = tmp_path / "out"
+        assert console.file.getvalue().endswith(
+            f"interrupted: 1 of 4 evaluations kept in {out}; continue it with `evaluate(..., out={str(out)!r})`\n")
+        monkeypatch.setattr(tasks, "run_protocol", real)
+        resumed = run(out, Console(file=io.StringIO()))
+    finally:
+        torch.set_num_threads(threads)
+    assert comparable(resumed, out) == comparable(straight, tmp_path / "straight")
