@@ -28,6 +28,7 @@ import copy
 import json
 import os
 import random
+import shlex
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -249,7 +250,7 @@ def claim_run_dir(recipe: Recipe, output: Path | None) -> Iterator[Path]:
         yield Path(output)
     else:
         with outputs.claim(output, flag="--output", hint=f"pick another --output or continue it with "
-                                                           f"--resume {output}") as run_dir:
+                                                           f"--resume {shlex.quote(str(output))}") as run_dir:
             yield run_dir
 
 
