@@ -461,7 +461,12 @@ def local_info(folder: Path) -> RepoInfo:
                         "folder (generator.json)")
     config = _read_json(folder / ("generator.json" if kind == "generator" else "config.json"))
     readme = folder / "README.md"
-    data = ModelCard.load(readme, ignore_metadata_errors=True).data if readme.is_file() else ModelCardData()
+    if readme.is_file():
+        data = ModelCard.load(readme, ignore_metadata_errors=True).data
+    else:  # a generator folder has no card until it is pushed: its licence is in generator.json
+        from .cards import license_fields
+
+        data = ModelCardData(**(license_fields(config["license"]) if config.get("license") else {}))
     files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
     found = _repo_info(str(folder), "local", kind, data, config, files)
     found.load_line = (f"genbackbones.open_generator('{folder.resolve()}')" if kind == "generator"

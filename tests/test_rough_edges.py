@@ -165,6 +165,19 @@ def test_info_on_a_local_folder_says_it_is_local(tiny_run, tmp_path):  # noqa: F
     assert config["genbackbones"]["method"] in done.stdout and "model.safetensors" in done.stdout
     line = one_error(run_cli("info", ".", cwd=tmp_path, env=OFFLINE))
     assert line.startswith("error: . is a local folder but neither a run, an export")
+    # a generator folder: no card until it is pushed, its licence from generator.json
+    from genbackbones.generators.formats.folder import Provenance, save_generator
+    from genbackbones.hub import local_info
+
+    from .test_nvidia_pickle import tiny_nets
+
+    G, _, _ = tiny_nets()
+    folder = save_generator(tmp_path / "gen", G, None, Provenance(source="x.pkl", license="Nvidia Source Code "
+                                                                                          "License-NC"))
+    found = local_info(folder)
+    assert found.local and found.kind == "generator" and found.license == "nvidia-source-code-license-nc"
+    assert found.load_line == f"genbackbones.open_generator('{folder.resolve()}')"
+    assert {name for name, _ in found.files} == {"generator.json", "generator.safetensors"}
 
 
 def test_every_command_option_and_argument_has_help():
