@@ -29,9 +29,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import json
 import os
 import shlex
+import shutil
 import socket
 import sys
 from collections.abc import Iterable, Iterator
@@ -176,7 +178,18 @@ def claim(output: str | os.PathLike, *, overwrite: bool = False, inputs: Iterabl
     output = Path(output)
     with hold(output, command):
         check_writable_folder(output, overwrite=overwrite, inputs=inputs, flag=flag, hint=hint)
+        _remove_debris(output)
         yield output
+
+
+def _remove_debris(output: Path) -> None:
+    """What a writer of `output` killed mid-way left beside it (atomic.directory's `.tmp-<name>-*` and
+    `.old-<name>-*`): hidden, never the output itself, and nobody else's while we hold its lock."""
+    if output.parent.is_dir():
+        for pattern in (f".tmp-{glob.escape(output.name)}-*", f".old-{glob.escape(output.name)}-*"):
+            for debris in output.parent.glob(pattern):
+                if debris.is_dir() and not debris.is_symlink():
+                    shutil.rmtree(debris, ignore_errors=True)
 
 
 def check_writable_folder(output: Path, *, overwrite: bool, inputs: Iterable[str | os.PathLike] = (),
