@@ -82,6 +82,14 @@ class _Lock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
+                if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    # a filesystem without flock (some network mounts): refusing every write there would be
+                    # worse than writing unlocked, so the command goes on and says so
+                    _notes.print(f"[yellow]note:[/] {self.path.parent} cannot be locked ({err.strerror}); "
+                                 f"nothing stops a second command from writing {self.output} at the same time",
+                                 highlight=False, soft_wrap=True)
+                    self.fd = fd
+                    return True
                 os.close(fd)
                 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     return False

@@ -257,3 +257,29 @@ def test_racing_and_killed_exports_leave_whole_exports_only(sandbox):
     whole()
     # what a kill left beside it (a `.tmp-stress-*` folder, a lock file) is gone after the next export
     assert sorted(p.name for p in out.parent.iterdir() if "stress" in p.name) == ["stress"]
+
+
+def test_default_names_are_unique_while_held_and_skip_existing_folders(tmp_path):
+    """The library side of row 4, without the timing of real processes: a name held or already used is skipped."""
+    from genbackbones.outputs import claim_new
+
+    (tmp_path / "runs" / "tiny-1200").mkdir(parents=True)  # an earlier run of the same second
+    with claim_new(tmp_path / "runs", "tiny-1200") as a, claim_new(tmp_path / "runs", "tiny-1200") as b:
+        assert (a.name, b.name) == ("tiny-1200-2", "tiny-1200-3")
+        assert not a.exists() and not b.exists(), "a claim makes no folder: bad input leaves nothing behind"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny-1200"]
+
+
+def test_a_filesystem_without_flock_writes_unlocked_with_a_note(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import genbackbones.outputs as outputs
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(outputs.fcntl, "flock", no_locks)
+    with hold(tmp_path / "out"):
+        pass
+    assert "cannot be locked (No locks available)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
