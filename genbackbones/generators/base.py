@@ -48,6 +48,25 @@ class FrozenGenerator(Protocol):
                                fused_modconv: bool | None = None) -> torch.Tensor: ...
 
 
+def crop_margin(x: torch.Tensor, margin: int) -> torch.Tensor:
+    """The image-aligned centre of an activation [..., H, W] whose tap has `margin` (TapSpec.margin) px each side
+    beyond the image: what the image shows, so what a backbone or an extractor can be asked to predict."""
+    return x[..., margin:x.shape[-2] - margin, margin:x.shape[-1] - margin] if margin else x
+
+
+def paste_centre(centre: torch.Tensor, into: torch.Tensor, margin: int) -> torch.Tensor:
+    """A full activation for `resume`: `into` (the traced one) with its image-aligned centre replaced by `centre`.
+
+    The margin keeps the generator's own values (the image does not show them, so nothing can predict them),
+    and the generator continues from the full-size activation its filters expect. Differentiable in `centre`;
+    `into` is not modified. With margin 0 this is `centre` itself."""
+    if not margin:
+        return centre
+    full = into.detach().to(centre.dtype).clone()
+    full[..., margin:full.shape[-2] - margin, margin:full.shape[-1] - margin] = centre
+    return full
+
+
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
     """Eval mode and no gradients for the parameters: the generator is a fixed function."""
     module.eval()

@@ -266,8 +266,16 @@ class SynthesisTrace:
 class TapSpec:
     name: str
     channels: int
-    resolution: int
+    resolution: int  # the activation's full size
     kind: str  # block | layer | img
+    # pixels each side beyond the image-aligned region (StyleGAN3's layers extend past the image; StyleGAN2's
+    # do not): the central `aligned_resolution` pixels cover the image exactly (base.crop_margin / paste_centre)
+    margin: int = 0
+
+    @property
+    def aligned_resolution(self) -> int:
+        """Size of the part of the activation that covers the image (its sampling rate, in StyleGAN3 terms)."""
+        return self.resolution - 2 * self.margin
 
 
 class SynthesisNetwork(nn.Module):

@@ -345,12 +345,20 @@ class SynthesisNetwork(nn.Module):
         return {name: self.layer(name).affine.weight.shape[0] for name in self.style_layers}
 
     def tap_specs(self) -> dict[str, TapSpec]:
-        """The input's and every layer's output. Kind 'layer', except ToRGB's ('img'); sizes include the margin."""
-        specs = {"synthesis.input": TapSpec("synthesis.input", self.input.channels, self.input.size[0], "layer")}
+        """The input's and every layer's output. Kind 'layer', except ToRGB's ('img'); sizes include the margin.
+
+        Each layer samples the image on a grid of its sampling rate, extended by the margin each side
+        (`margin_size`, 10 px; none for the last two, sampled at the image size): `margin` says how much, so
+        that a method can take the image-aligned centre (`TapSpec.crop`) and put one back (`TapSpec.paste`).
+        """
+        size, rate = self.input.size[0], int(self.input.sampling_rate)
+        specs = {"synthesis.input": TapSpec("synthesis.input", self.input.channels, size, "layer",
+                                            margin=(size - rate) // 2)}
         for step in self.steps[1:]:
             layer: SynthesisLayer = getattr(self, step.block)
             tap = step.taps[0]
-            specs[tap] = TapSpec(tap, layer.out_channels, layer.size, "img" if step.kind == "torgb" else "layer")
+            specs[tap] = TapSpec(tap, layer.out_channels, layer.size, "img" if step.kind == "torgb" else "layer",
+                                 margin=(layer.size - int(layer.out_sampling_rate)) // 2)
         return specs
 
     # -- execution -----------------------------------------------------------

@@ -33,7 +33,7 @@ from torch import nn
 from ..backbones import InputNormalizer, backbone_mean_std, check_resolution, create_backbone, feature_shapes
 from ..engine.loop import Phase, adamw, cosine_schedule
 from ..errors import UserError, require
-from ..generators.base import FrozenGenerator, GeneratorHandle
+from ..generators.base import FrozenGenerator, GeneratorHandle, crop_margin, paste_centre
 from ..generators.open import open_generator
 from . import Method
 
@@ -44,10 +44,11 @@ class TapMatch:
 
     tap: str
     channels: int
-    resolution: int
+    resolution: int  # of the image-aligned region: what the head predicts (the whole activation for StyleGAN2)
     level: int  # index into the backbone's feature list
     level_channels: int
     level_size: int
+    margin: int = 0  # the tap's pixels beyond that region each side (StyleGAN3), never predicted
 
     @property
     def key(self) -> str:
@@ -63,8 +64,15 @@ def choose_taps(generator: FrozenGenerator, backbone: nn.Module, resolution: int
     stem is too shallow to predict anything interesting) with the block output
     (`synthesis.b{R}.x`) nearest in resolution, and every block output within the
     levels' sizes with its nearest level; so each level is trained, the deepest
-    included. Explicit names are each predicted from their nearest level.
+    included. A generator without block outputs (StyleGAN3: a chain of layers) offers
+    instead, per resolution, its last layer at that resolution, the one that has
+    refined it most. Explicit names are each predicted from their nearest level.
     Nearest is on a log scale; ties go to the larger size.
+
+    A tap's resolution here is that of its image-aligned region (`TapSpec.aligned_resolution`):
+    a StyleGAN3 layer of sampling rate 16 is 36 px with its margins, but it is the 16 px
+    centre that sees what the backbone sees, so it is matched, predicted and substituted
+    as a 16 px map (`TapMatch.margin` says what to crop).
     """
     specs = generator.tap_specs()
     reductions = backbone.feature_info.reduction()
@@ -75,26 +83,31 @@ def choose_taps(generator: FrozenGenerator, backbone: nn.Module, resolution: int
     def nearest(options, size, key):
         return min(options, key=lambda o: (abs(math.log2(key(o) / size)), -key(o)))
 
+    def res(name: str) -> int:
+        return specs[name].aligned_resolution
+
     pairs: list[tuple[str, tuple[int, int, int]]] = []
     if taps == "auto":
         blocks = [n for n, sp in specs.items() if sp.kind == "block"]
+        if not blocks:  # the last layer of each resolution (tap_specs lists them in execution order)
+            blocks = list({res(n): n for n, sp in specs.items() if sp.kind == "layer"}.values())
         lo, hi = min(s for _, _, s in levels), max(s for _, _, s in levels)
         for name in blocks:
-            if lo <= specs[name].resolution <= hi:
-                pairs.append((name, nearest(levels, specs[name].resolution, lambda l: l[2])))
+            if lo <= res(name) <= hi:
+                pairs.append((name, nearest(levels, res(name), lambda l: l[2])))
         for level in levels:
-            pairs.append((nearest(blocks, level[2], lambda n: specs[n].resolution), level))
+            pairs.append((nearest(blocks, level[2], res), level))
     else:
         unknown = [n for n in taps if n not in specs]
         if unknown:
             raise UserError(f"unknown generator taps {unknown}; `genbackbones generator info` lists them")
-        pairs = [(name, nearest(levels, specs[name].resolution, lambda l: l[2])) for name in taps]
+        pairs = [(name, nearest(levels, res(name), lambda l: l[2])) for name in taps]
     seen, matches = set(), []
-    for name, (level, ch, size) in sorted(pairs, key=lambda p: (specs[p[0]].resolution, p[1][0])):
+    for name, (level, ch, size) in sorted(pairs, key=lambda p: (res(p[0]), p[1][0])):
         if (name, level) not in seen:
             seen.add((name, level))
             sp = specs[name]
-            matches.append(TapMatch(name, sp.channels, sp.resolution, level, ch, size))
+            matches.append(TapMatch(name, sp.channels, sp.aligned_resolution, level, ch, size, sp.margin))
     return matches
 
 
@@ -163,6 +176,7 @@ class LayerMatchModel(nn.Module):
                                     for m in matches})
         self.standardize = standardize
         taps = {m.tap: m.channels for m in matches}
+        self.margins = {m.tap: m.margin for m in matches}
         self.standardizers = nn.ModuleDict({_tap_key(t): RunningStandardizer(ch, momentum)
                                             for t, ch in taps.items()}) if standardize else None
 
@@ -181,11 +195,26 @@ class LayerMatchModel(nn.Module):
             out[m.key] = self.heads[m.key](f)
         return out
 
-    def to_activation(self, tap: str, pred: torch.Tensor) -> torch.Tensor:
-        """A prediction in the generator's own units (what gets substituted)."""
-        return self.standardizers[_tap_key(tap)].denormalize(pred) if self.standardize else pred
+    def to_activation(self, tap: str, pred: torch.Tensor, traced: torch.Tensor | None = None) -> torch.Tensor:
+        """A prediction in the generator's own units: what gets substituted for `tap`.
+
+        For a tap with a margin (StyleGAN3) the prediction covers only the image-aligned centre; it is
+        pasted into `traced` (the generator's own activation), whose margin stays the generator's: the
+        image does not show what lies beyond it, so nothing could predict it, and the generator then
+        continues from a full-size activation, as its filters and crops expect."""
+        pred = self.standardizers[_tap_key(tap)].denormalize(pred) if self.standardize else pred
+        margin = self.margins.get(tap, 0)
+        if margin and traced is None:
+            raise ValueError(f"{tap} has a {margin} px margin: pass the traced activation to paste the prediction into")
+        return paste_centre(pred, traced, margin)
+
+    def aligned(self, tap: str, act: torch.Tensor) -> torch.Tensor:
+        """The image-aligned centre of a generator activation (all of it for StyleGAN2)."""
+        return crop_margin(act, self.margins.get(tap, 0))
 
     def to_target(self, tap: str, act: torch.Tensor) -> torch.Tensor:
+        """What the head's prediction is compared with: the aligned centre, standardised when standardising."""
+        act = self.aligned(tap, act)
         return self.standardizers[_tap_key(tap)].normalize(act) if self.standardize else act
 
     def match_losses(self, preds: dict[str, torch.Tensor], taps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -206,7 +235,7 @@ class LayerMatchModel(nn.Module):
     def update_statistics(self, taps: dict[str, torch.Tensor]) -> None:
         if self.standardize:
             for tap in {m.tap for m in self.matches}:
-                self.standardizers[_tap_key(tap)].update(taps[tap])
+                self.standardizers[_tap_key(tap)].update(self.aligned(tap, taps[tap]))
 
 
 @dataclass
@@ -236,7 +265,7 @@ def layermatch_loss(model: LayerMatchModel, generator: FrozenGenerator, z: torch
     rec_tap = rec_match.tap
     rec = torch.zeros((), device=z.device)
     if rec_weight > 0:
-        substitute = core.to_activation(rec_tap, preds[rec_match.key].float())
+        substitute = core.to_activation(rec_tap, preds[rec_match.key].float(), trace.taps[rec_tap])
         rec = F.mse_loss(generator.resume(trace, rec_tap, substitute), trace.img)
     return LayerMatchLosses(match + rec_weight * rec, match, rec, per_tap, rec_tap)
 
@@ -288,7 +317,7 @@ class LayerMatchTask:
         rows = {"generated": trace.img}
         for m in core.matches:
             rows[f"rec {m.tap.removeprefix('synthesis.')} <- level {m.level}"] = self.generator.resume(
-                trace, m.tap, core.to_activation(m.tap, preds[m.key].float()))
+                trace, m.tap, core.to_activation(m.tap, preds[m.key].float(), trace.taps[m.tap]))
         core.train(was_training)
         return rows
 

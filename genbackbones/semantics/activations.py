@@ -10,7 +10,9 @@ activations, alone or inside any batch.
 Activations are kept at each layer's own resolution: the extractors upsample after
 their per-layer maps (cheaper, and for the linear extractor the same thing, paper 004
 App. B). `upsample` brings them to one size where a method needs the concatenation
-(KLiSH clusters per-pixel feature vectors).
+(KLiSH clusters per-pixel feature vectors). A StyleGAN3 layer extends beyond the image
+(`TapSpec.margin`); only its image-aligned centre is kept, so that upsampling a map to
+the image's size puts each pixel's features over that pixel.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ..generators.base import crop_margin
 from ..generators.sampling import class_labels, nvidia_uint8, seeded_latents
 from ..errors import UserError
-
-LAYER_KINDS = ("conv0", "conv1")
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,19 @@ class Generated:
 
 
 def default_layers(G) -> list[str]:
-    """Every modulated conv layer's output (paper 004 uses all layers but the image output)."""
-    return [name for name, spec in G.tap_specs().items() if spec.kind == "layer" and name.endswith(LAYER_KINDS)]
+    """Every styled layer's output (paper 004 uses all layers but the image output): the taps of kind 'layer'
+    that have a style code of their own, which leaves out StyleGAN2's constant input."""
+    styled = G.style_dims()
+    return [name for name, spec in G.tap_specs().items() if spec.kind == "layer" and name in styled]
 
 
 def one_per_resolution(G, max_channels: int = 1000) -> list[str]:
     """Paper 002's selection: the last conv of each resolution, from the finest down, while the total
     channel count stays within `max_channels` (returned coarse to fine)."""
     last: dict[int, tuple[str, int]] = {}
-    for name, spec in G.tap_specs().items():
-        if spec.kind == "layer" and name.endswith(LAYER_KINDS):
-            last[spec.resolution] = (name, spec.channels)
+    specs = G.tap_specs()
+    for name in default_layers(G):
+        last[specs[name].aligned_resolution] = (name, specs[name].channels)
     chosen, total = [], 0
     for res in sorted(last, reverse=True):
         name, channels = last[res]
@@ -96,9 +99,9 @@ def parse_layers(G, spec: str | Sequence[str] | None, default: str = "all") -> l
 
 
 def layer_shapes(G, layers: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """layer -> (channels, resolution), what an extractor is built for."""
+    """layer -> (channels, resolution of its image-aligned part), what an extractor is built for."""
     specs = G.tap_specs()
-    return {name: (specs[name].channels, specs[name].resolution) for name in layers}
+    return {name: (specs[name].channels, specs[name].aligned_resolution) for name in layers}
 
 
 def generator_fingerprint(G) -> str:
@@ -129,7 +132,8 @@ def generate(G, seeds: Sequence[int], layers: Sequence[str], sampling: Sampling 
     z = seeded_latents(G.z_dim, seeds).to(device)
     c = class_labels(G, len(seeds), sampling.class_idx, device)
     trace = G.trace(z, c, truncation_psi=sampling.truncation_psi, noise_mode=sampling.noise_mode)
-    acts = {name: trace.taps[name].float().cpu() for name in layers}
+    specs = G.tap_specs()
+    acts = {name: crop_margin(trace.taps[name], specs[name].margin).float().cpu() for name in layers}
     return Generated(seeds, nvidia_uint8(trace.img).cpu(), acts)
 
 

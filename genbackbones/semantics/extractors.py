@@ -296,8 +296,9 @@ def check_compatible(extractor: Extractor, G, fingerprint: str, where: str = "th
     fix = "train one for this generator with `genbackbones annotate` or `genbackbones cluster`"
     for name, (channels, resolution) in cfg.shapes().items():
         spec = specs.get(name)
-        if spec is None or (spec.channels, spec.resolution) != (channels, resolution):
-            have = "has no such layer" if spec is None else f"has {spec.channels} channels at {spec.resolution}px there"
+        if spec is None or (spec.channels, spec.aligned_resolution) != (channels, resolution):
+            have = "has no such layer" if spec is None else \
+                f"has {spec.channels} channels at {spec.aligned_resolution}px there"
             raise UserError(f"{where} reads layer {name} ({channels} channels, {resolution}px) but this generator "
                             f"{have}: it was trained for another generator; {fix}")
     if cfg.out_resolution != G.img_resolution:
