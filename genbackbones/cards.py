@@ -43,6 +43,16 @@ STYLEGAN2_ADA_BIBTEX = """@inproceedings{karras2020ada,
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2020}
 }"""
+STYLEGAN3_BIBTEX = """@inproceedings{karras2021alias,
+  title     = {Alias-Free Generative Adversarial Networks},
+  author    = {Karras, Tero and Aittala, Miika and Laine, Samuli and H{\\"a}rk{\\"o}nen, Erik and Hellsten, Janne and
+               Lehtinen, Jaakko and Aila, Timo},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2021}
+}"""
+# generator.json "class" -> how cards name the family and where NVIDIA's constructor lives
+GENERATOR_FAMILIES = {"stylegan2": ("StyleGAN2", "stylegan2-ada-pytorch `training/networks.py`"),
+                      "stylegan3": ("StyleGAN3", "stylegan3 `training/networks_stylegan3.py`")}
 
 
 def load_line(name: str | Path) -> str:
@@ -160,10 +170,13 @@ def generator_card(meta: dict, folder: Path, repo_id: str, tags: list[str] | Non
     license = meta["license"]
     has_d = (folder / D_FILE).is_file()
     load_name = f"hf-hub:{repo_id}"
+    family_key = meta.get("class", "stylegan2")
+    family, nvidia_module = GENERATOR_FAMILIES[family_key]
     data = ModelCardData(pipeline_tag="unconditional-image-generation",
-                         tags=["genbackbones", "stylegan2", "gan", *(tags or [])], **license_fields(license))
+                         tags=["genbackbones", family_key, "gan", *(tags or [])], **license_fields(license))
     kwargs = dict(
-        title=f"StyleGAN2 {g.get('img_resolution')} px · {repo_id.split('/')[1]}",
+        title=f"{family} {g.get('img_resolution')} px · {repo_id.split('/')[1]}", family=family,
+        nvidia_module=nvidia_module,
         source=meta.get("source") or "unknown", source_sha256=meta.get("source_sha256") or "unknown",
         network=meta.get("network", "G_ema"), w_avg=meta.get("w_avg", "source"), license_text=license,
         created_by=meta.get("created_by", "genbackbones"), resolution=g.get("img_resolution"),
@@ -172,7 +185,8 @@ def generator_card(meta: dict, folder: Path, repo_id: str, tags: list[str] | Non
         g_params=_millions(_count_values(folder / G_FILE)),
         d_params=_millions(_count_values(folder / D_FILE)) if has_d else "-",
         has_discriminator=has_d, load_name=load_name, license_note=_license_note(license),
-        citations=f"{STYLEGAN2_BIBTEX}\n\n{STYLEGAN2_ADA_BIBTEX}",
+        citations=f"{STYLEGAN2_BIBTEX}\n\n{STYLEGAN2_ADA_BIBTEX}" + (
+            f"\n\n{STYLEGAN3_BIBTEX}" if family_key == "stylegan3" else ""),
     )
     return str(ModelCard.from_template(data, template_path=_template(GENERATOR_TEMPLATE), **kwargs))
 

@@ -142,12 +142,11 @@ def real_images(n: int, split: str, size: int = 64, offset: int = 0) -> torch.Te
 
 
 def random_init_like(G, seed: int = 0):
-    """The same architecture with fresh random weights: what 'nothing learned' scores."""
-    from .generators.stylegan2 import Generator
-
+    """The same architecture (StyleGAN2 or StyleGAN3: G's own class) with fresh random weights: what 'nothing
+    learned' scores."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return Generator(**G.init_kwargs).eval().requires_grad_(False)
+        return type(G)(**G.init_kwargs).eval().requires_grad_(False)
 
 
 def quality_report(G, n: int = 5000, seed: int = 0, random_G=None, net_steps: int = 600) -> dict:

@@ -269,10 +269,11 @@ def test_cli_subprocess_refuses_hostile_pickle(tmp_path):
     assert not marker.exists()
 
 
-def test_legacy_tensorflow_pickle_gets_conversion_advice(tmp_path):
+def test_tensorflow_pickle_given_to_the_pytorch_reader_points_at_open_generator(tmp_path):
+    # open_generator routes TF pickles to tf_pickle.py; a direct call of this reader names the way that reads it
     path = tmp_path / "stylegan2-ffhq-config-f.pkl"
     path.write_bytes(call_pickle("dnnlib.tflib.network", "Network"))
-    with pytest.raises(UserError, match=r"legacy TensorFlow .* legacy\.py"):
+    with pytest.raises(UserError, match=r"TensorFlow StyleGAN2 pickle.*open_generator.*generator convert"):
         read_network_pickle(path)
 
 

@@ -282,9 +282,10 @@ def load_pickle(path: str | Path) -> Any:
     except Refused as err:
         raise UserError(f"refused to load {err} from {path.name}: {_ADVICE}") from None
     except LegacyTensorFlowPickle:
-        raise UserError(f"{path.name} is a legacy TensorFlow StyleGAN2 pickle, which is not supported: convert it "
-                        "first with NVIDIA's stylegan2-ada-pytorch (python legacy.py --source "
-                        f"{path.name} --dest converted.pkl), then use converted.pkl") from None
+        # open_generator sends TensorFlow pickles to formats/tf_pickle.py first; only a direct call lands here
+        raise UserError(f"{path.name} is a TensorFlow StyleGAN2 pickle, which this PyTorch-pickle reader does not "
+                        "read: open it with open_generator / `genbackbones generator convert` (formats/tf_pickle.py)"
+                        ) from None
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     except Exception as err:  # noqa: BLE001 - truncated or corrupt files fail in many ways
