@@ -37,7 +37,7 @@ def _run(command: str, recipe: Optional[str], set_: list[str], resume: Optional[
     loaded = None if resume is not None else load_recipe(recipe or default_recipe, set_)
     if loaded is not None and loaded.generator.source.startswith("random:") and "generator" in _uses(loaded):
         err_console.print(f"[yellow]note:[/] generator.source={loaded.generator.source} is a randomly initialised "
-                          "StyleGAN2 (untrained): the pipeline is real, the features are not useful.", soft_wrap=True)
+                          "generator (untrained): the pipeline is real, the features are not useful.", soft_wrap=True)
     return train(loaded, output=output, resume=resume, console=err_console, export=export, steps=steps,
                  command=command)
 
