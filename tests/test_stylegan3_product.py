@@ -66,6 +66,9 @@ def test_taps_declare_their_margin_and_the_centre_is_the_image(sg3, traced):
     assert all(specs[n].margin == 10 for n in MARGIN_TAPS)
     assert [specs[n].aligned_resolution for n in specs] == [16] * 6 + [32] * 10
     assert specs["synthesis.L13_32_32"].margin == 0 and specs["synthesis.L14_32_3"].kind == "img"
+    info = runner.invoke(app, ["generator", "info", "random:sg3-t32", "--json"])
+    assert info.exit_code == 0, info.output
+    assert [t["margin"] for t in json.loads(info.stdout)["taps"]] == [10] * 14 + [0] * 2
     sg2 = open_generator("random:tiny32").G  # StyleGAN2's activations are the image's grid: no margin
     assert all(s.margin == 0 and s.aligned_resolution == s.resolution for s in sg2.tap_specs().values())
     for tap in ("synthesis.L3_36_64", "synthesis.L12_52_32"):

@@ -77,9 +77,11 @@ def info(
     console.print(summary)
     # on its own line so that the hash can be copied whole
     print_copyable(f"source sha256: {facts['source_sha256'] or '-'}")
-    taps = Table("tap", "kind", "shape [C, H, W]", title="feature taps (G.tap_specs())")
+    taps = Table("tap", "kind", "shape [C, H, W]", "image-aligned centre", title="feature taps (G.tap_specs())")
     for tap in facts["taps"]:
-        taps.add_row(tap["name"], tap["kind"], f"[{tap['channels']}, {tap['resolution']}, {tap['resolution']}]")
+        centre = tap["resolution"] - 2 * tap["margin"]
+        taps.add_row(tap["name"], tap["kind"], f"[{tap['channels']}, {tap['resolution']}, {tap['resolution']}]",
+                     f"{centre} px (margin {tap['margin']})" if tap["margin"] else "all")
     console.print(taps)
     styles = Table("layer", "style dim", title="per-layer style codes (G.style_dims())")
     for layer, dim in facts["style_dims"].items():
@@ -108,8 +110,8 @@ def generator_facts(loaded) -> dict:
         "license": meta.get("license"),
         "source": meta.get("source"),
         "source_sha256": meta.get("source_sha256"),
-        "taps": [{"name": t.name, "kind": t.kind, "channels": t.channels, "resolution": t.resolution}
-                 for t in G.tap_specs().values()],
+        "taps": [{"name": t.name, "kind": t.kind, "channels": t.channels, "resolution": t.resolution,
+                  "margin": t.margin} for t in G.tap_specs().values()],
         "style_dims": dict(G.style_dims()),
     }
 
