@@ -1,4 +1,4 @@
-"""StyleGAN2 speed, before vs after, in one process: G forward, the reconstruction pass, D forward.
+"""StyleGAN2 / StyleGAN3 speed, before vs after, in one process: G forward, the reconstruction pass, D forward.
 
 The "before" code is read from git (default: commit 76f3a30, the generator as it was before
 issue 18's speed work) into a throw-away package, so the old and the new implementation run
@@ -22,10 +22,18 @@ Architectures: 64 px is the quickstart generator's (`random:small64`: 32 channel
 128 at <= 16 px); 256 px is NVIDIA's layout with channel_max 128 (128 channels at every
 resolution, 512-d latents, 8 mapping layers).
 
+`--family stylegan3` times the StyleGAN3 generator instead (G forward, G forward fused = the
+grouped convolution, and G reconstruction from `synthesis.L2_*`, a 36 px layer early in the
+chain, so that the backward runs through most of synthesis; no D: StyleGAN3 uses StyleGAN2's).
+Architectures: the `random:sg3-t64` preset (config t, 128 channels throughout) and
+`random:sg3-t-ffhqu-256` (NVIDIA's stylegan3-t-ffhqu-256x256 configuration, 23 M parameters).
+`--before` then defaults to 76d7757, the first committed StyleGAN3.
+
     python benchmarks/generator_speed.py                                 # everything, ~30-40 min on 2 busy cores
     python benchmarks/generator_speed.py --sizes 64 --batches 8 --pairs 5 # one cell
     python benchmarks/generator_speed.py --before 76f3a30 --after HEAD~1  # two commits against each other
     python benchmarks/generator_speed.py --before WORKTREE --compile     # what torch.compile adds
+    python benchmarks/generator_speed.py --family stylegan3 --batches 2 --pairs 3  # StyleGAN3
 
 `--after` defaults to the working tree. Writes a JSON file (`--json`) and prints a table.
 """
@@ -53,8 +61,10 @@ import torch.nn.functional as F  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BEFORE_ISSUE_18 = "76f3a30"
-MODULES = ("stylegan2", "ops")  # what the generator is made of (stylegan2 imports only .ops)
-RESUME_TAP = "synthesis.b8.x"
+FIRST_STYLEGAN3 = "76d7757"
+MODULES = {"stylegan2": ("stylegan2", "ops"),  # what each generator is made of (stylegan2 imports only .ops,
+           "stylegan3": ("stylegan3", "stylegan2", "ops")}  # stylegan3 imports those two)
+RESUME_TAP = {"stylegan2": "synthesis.b8.x", "stylegan3": 3}  # StyleGAN3: the 4th tap (L2), names vary by config
 
 ARCHS = {
     64: dict(G=dict(z_dim=128, c_dim=0, w_dim=128, img_resolution=64, img_channels=3,
@@ -66,20 +76,27 @@ ARCHS = {
 }
 
 
+def stylegan3_archs() -> dict:
+    """The random: presets' StyleGAN3 architectures (read from the files on disk: plain constructor kwargs)."""
+    from genbackbones.generators.open import RANDOM_STYLEGAN3_PRESETS as presets
+
+    return {64: dict(G=presets["sg3-t64"], D=None), 256: dict(G=presets["sg3-t-ffhqu-256"], D=None)}
+
+
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def load_version(rev: str, tmp: Path, label: str):
-    """The `stylegan2` module of git revision `rev` ("WORKTREE" = the files on disk), as its own package."""
+def load_version(rev: str, tmp: Path, label: str, family: str = "stylegan2"):
+    """The `family` module of git revision `rev` ("WORKTREE" = the files on disk), as its own package."""
     if rev == "WORKTREE":
-        return importlib.import_module("genbackbones.generators.stylegan2")
+        return importlib.import_module(f"genbackbones.generators.{family}")
     name = f"gen_{label}_" + "".join(c if c.isalnum() else "_" for c in rev)
     pkg = tmp / name
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for module in MODULES:
+    for module in MODULES[family]:
         try:
             src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:genbackbones/generators/{module}.py"],
                                  check=True, capture_output=True, text=True).stdout
@@ -89,24 +106,29 @@ def load_version(rev: str, tmp: Path, label: str):
                  "run from a git checkout of genbackbones and pass a revision it has")
         (pkg / f"{module}.py").write_text(src)
     sys.path.insert(0, str(tmp))
-    return importlib.import_module(f"{name}.stylegan2")
+    return importlib.import_module(f"{name}.{family}")
 
 
-def build(before, after, size: int, seed: int = 0):
-    """(G, D) of both versions with one set of weights: the after-version's init, loaded into the before one."""
-    arch = ARCHS[size]
+def build(before, after, size: int, seed: int = 0, archs: dict = ARCHS):
+    """(G, D) of both versions with one set of weights: the after-version's init, loaded into the before one.
+    D is None where the architecture has none (StyleGAN3)."""
+    arch = archs[size]
     torch.manual_seed(seed)
-    G_after, D_after = after.Generator(**arch["G"]), after.Discriminator(**arch["D"])
+    G_after = after.Generator(**arch["G"])
+    D_after = after.Discriminator(**arch["D"]) if arch["D"] else None
     with torch.no_grad():  # untrained noise strengths are 0; give the noise inputs a role (like random:<preset>)
         for name, p in G_after.named_parameters():
             if name.endswith("noise_strength"):
                 p.fill_(0.1)
-    G_before, D_before = before.Generator(**arch["G"]), before.Discriminator(**arch["D"])
+    G_before = before.Generator(**arch["G"])
+    D_before = before.Discriminator(**arch["D"]) if arch["D"] else None
     G_before.load_state_dict(G_after.state_dict())
-    D_before.load_state_dict(D_after.state_dict())
+    if D_after is not None:
+        D_before.load_state_dict(D_after.state_dict())
     nets = [G_before, D_before, G_after, D_after]
     for net in nets:
-        net.eval().requires_grad_(False)
+        if net is not None:
+            net.eval().requires_grad_(False)
     return nets
 
 
@@ -117,8 +139,11 @@ def workloads(G, D, batch: int, compile_forward: bool = False):
     with torch.no_grad():
         img = G(z, noise_mode="const")
         trace = G.trace(z, noise_mode="const", fused_modconv=False)
-    target = 0.9 * trace.taps[RESUME_TAP]  # not the traced value itself, whose gradient would be exactly 0
-    G_fwd, D_fwd = (torch.compile(G), torch.compile(D)) if compile_forward else (G, D)
+    resume_tap = RESUME_TAP[getattr(G, "family", "stylegan2")]
+    resume_tap = list(trace.taps)[resume_tap] if isinstance(resume_tap, int) else resume_tap
+    target = 0.9 * trace.taps[resume_tap]  # not the traced value itself, whose gradient would be exactly 0
+    G_fwd = torch.compile(G) if compile_forward else G
+    D_fwd = torch.compile(D) if compile_forward and D is not None else D
 
     def g_forward():
         with torch.no_grad():
@@ -128,15 +153,21 @@ def workloads(G, D, batch: int, compile_forward: bool = False):
         with torch.no_grad():
             return G_fwd(z, noise_mode="const", fused_modconv=False)
 
+    def g_forward_fused():
+        with torch.no_grad():
+            return G_fwd(z, noise_mode="const", fused_modconv=True)
+
     def g_reconstruction():
         sub = target.clone().requires_grad_(True)
-        F.mse_loss(G.resume(trace, RESUME_TAP, sub), trace.img).backward()
+        F.mse_loss(G.resume(trace, resume_tap, sub), trace.img).backward()
         return sub.grad
 
     def d_forward():
         with torch.no_grad():
             return D_fwd(img)
 
+    if D is None:  # StyleGAN3: its default on CPU is unfused, so the other form is the grouped one
+        return {"G forward": g_forward, "G forward fused": g_forward_fused, "G reconstruction": g_reconstruction}
     return {"G forward": g_forward, "G forward unfused": g_forward_unfused,
             "G reconstruction": g_reconstruction, "D forward": d_forward}
 
@@ -155,7 +186,9 @@ def pairs(old, new, n: int) -> tuple[list[float], list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default=BEFORE_ISSUE_18, help="git revision of the old code")
+    parser.add_argument("--family", choices=("stylegan2", "stylegan3"), default="stylegan2")
+    parser.add_argument("--before", default=None,
+                        help=f"git revision of the old code (default {BEFORE_ISSUE_18}; StyleGAN3: {FIRST_STYLEGAN3})")
     parser.add_argument("--after", default="WORKTREE", help="git revision of the new code (default: the files on disk)")
     parser.add_argument("--sizes", default="64,256")
     parser.add_argument("--batches", default="8,32")
@@ -172,24 +205,27 @@ def main() -> None:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
         fail(f"--sizes and --batches take comma-separated integers, got {args.sizes!r} and {args.batches!r}")
-    unknown_work = set(args.only.split(",")) - {"G forward", "G forward unfused", "G reconstruction", "D forward"} \
-        if args.only else set()
+    known_work = ["G forward", "G forward unfused", "G reconstruction", "D forward"] if args.family == "stylegan2" \
+        else ["G forward", "G forward fused", "G reconstruction"]
+    unknown_work = set(args.only.split(",")) - set(known_work) if args.only else set()
     if unknown_work:
-        fail(f"--only: unknown workload(s) {sorted(unknown_work)}; choose from 'G forward', 'G forward unfused', "
-             "'G reconstruction', 'D forward'")
-    unknown = [s for s in sizes if s not in ARCHS]
+        fail(f"--only: unknown workload(s) {sorted(unknown_work)}; choose from "
+             + ", ".join(f"'{w}'" for w in known_work))
+    archs = ARCHS if args.family == "stylegan2" else stylegan3_archs()
+    args.before = args.before or (BEFORE_ISSUE_18 if args.family == "stylegan2" else FIRST_STYLEGAN3)
+    unknown = [s for s in sizes if s not in archs]
     if unknown or any(b < 1 for b in batches) or (args.pairs is not None and args.pairs < 1):
-        fail(f"--sizes must be among {sorted(ARCHS)}; --batches and --pairs must be >= 1")
+        fail(f"--sizes must be among {sorted(archs)}; --batches and --pairs must be >= 1")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        before = load_version(args.before, Path(tmp), "before")
-        after = load_version(args.after, Path(tmp), "after")
+        before = load_version(args.before, Path(tmp), "before", args.family)
+        after = load_version(args.after, Path(tmp), "after", args.family)
         rows = []
         load_start = os.getloadavg()
         t_start = time.perf_counter()
         for size in sizes:
-            G_old, D_old, G_new, D_new = build(before, after, size)
+            G_old, D_old, G_new, D_new = build(before, after, size, archs=archs)
             for batch in batches:
                 old_work, new_work = workloads(G_old, D_old, batch), workloads(G_new, D_new, batch, args.compile)
                 names = args.only.split(",") if args.only else list(old_work)
@@ -219,7 +255,7 @@ def main() -> None:
                           + (f"  (first call, compiling: {first_call_s:.0f} s)" if args.compile else ""), flush=True)
             del G_old, D_old, G_new, D_new
     result = {
-        "before": args.before, "after": args.after, "compiled": args.compile, "threads": torch.get_num_threads(),
+        "family": args.family, "before": args.before, "after": args.after, "compiled": args.compile, "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
         "torch": torch.__version__, "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],

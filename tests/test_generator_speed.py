@@ -36,9 +36,25 @@ def test_one_cell_against_the_committed_code(tmp_path):
     assert "| 64 | 2 | G forward |" in proc.stdout
 
 
+def test_stylegan3_cell_against_the_committed_code(tmp_path):
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: the script reads the old code from git")
+    out = tmp_path / "speed.json"
+    proc = _run("--family", "stylegan3", "--before", "HEAD", "--sizes", "64", "--batches", "1", "--pairs", "1",
+                "--only", "G forward,G reconstruction", "--threads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["family"] == "stylegan3"
+    assert [(r["size"], r["batch"], r["workload"]) for r in result["rows"]] == [
+        (64, 1, "G forward"), (64, 1, "G reconstruction")]
+    for row in result["rows"]:
+        assert row["before_s"] > 0 and row["after_s"] > 0 and row["max_abs_diff_rel"] <= 1e-5
+
+
 @pytest.mark.parametrize("args,message", [
     (("--sizes", "65"), "--sizes must be among [64, 256]"),
     (("--only", "G fwd"), "unknown workload(s) ['G fwd']"),
+    (("--family", "stylegan3", "--only", "D forward"), "unknown workload(s) ['D forward']"),
     (("--before", "no-such-revision", "--sizes", "64"), "cannot read genbackbones/generators/stylegan2.py"),
 ])
 def test_bad_arguments_are_one_error_line(args, message):

@@ -79,6 +79,20 @@ RANDOM_STYLEGAN3_PRESETS: dict[str, dict] = {
                     mapping_kwargs={"num_layers": 2},
                     synthesis_kwargs={"channel_base": 2048, "channel_max": 128, "conv_kernel": 1,
                                       "use_radial_filters": True, "magnitude_ema_beta": 0.999}),
+    # 64 px, config t, 128 channels throughout (layers of 36..84 px): smoke runs and the speed benchmark
+    "sg3-t64": dict(z_dim=128, c_dim=0, w_dim=128, img_resolution=64, img_channels=3,
+                    mapping_kwargs={"num_layers": 2},
+                    synthesis_kwargs={"channel_base": 8192, "channel_max": 128}),
+    # NVIDIA's release configurations (train.py defaults: z/w 512, 2 mapping layers; --cbase as in the StyleGAN3
+    # repository's configs.md). Random weights: for throughput and for checking that recipes run, not features.
+    # stylegan3-t-ffhqu-256x256.pkl: --cfg=stylegan3-t --cbase=16384
+    "sg3-t-ffhqu-256": dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=256, img_channels=3,
+                            mapping_kwargs={"num_layers": 2},
+                            synthesis_kwargs={"channel_base": 16384, "channel_max": 512}),
+    # stylegan3-t-afhqv2-512x512.pkl: --cfg=stylegan3-t (channel_base 32768, channel_max 512)
+    "sg3-t-afhqv2-512": dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=512, img_channels=3,
+                             mapping_kwargs={"num_layers": 2},
+                             synthesis_kwargs={"channel_base": 32768, "channel_max": 512}),
 }
 
 

@@ -131,8 +131,12 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | 
     if slope not in (0.2, 1):
         raise ValueError(f"slope must be 0.2 or 1, got {slope}")
     x = x + b.reshape(1, -1, 1, 1).to(x.dtype)
-    x = fir(x, fu, up=up, padding=padding, gain=up**2)
-    x = epilogue(x, act="lrelu" if slope == 0.2 else "linear", gain=gain, clamp=clamp, fresh=True)
+    # leaky ReLU commutes with a positive gain, and the up-sampling filter is linear: the gain goes into the
+    # filter's taps (a few numbers) instead of a pass over the up-sampled tensor, the largest in the layer
+    # (measured: docs/generator-speed.md, StyleGAN3)
+    filter_gain = gain if fu is not None and gain > 0 else 1.0
+    x = fir(x, fu, up=up, padding=padding, gain=up**2 * filter_gain)
+    x = epilogue(x, act="lrelu" if slope == 0.2 else "linear", gain=gain / filter_gain, clamp=clamp, fresh=True)
     return fir(x, fd, down=down)
 
 
