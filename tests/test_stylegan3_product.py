@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from genbackbones.backbones import create_backbone
 from genbackbones.cli import app
 from genbackbones.generators.base import crop_margin, paste_centre
 from genbackbones.generators.open import open_generator
-from genbackbones.methods.layermatch import LayerMatchModel, choose_taps, layermatch_loss
+from genbackbones.methods.layermatch import LayerMatchModel, LayerMatchTask, choose_taps, layermatch_loss
 from genbackbones.recipes import BackboneSpec
 from genbackbones.semantics.activations import default_layers, generate, one_per_resolution
 from genbackbones.semantics.extractors import load_extractor
@@ -131,6 +132,13 @@ def test_layermatch_matches_aligned_sizes_and_losses_use_the_centre(sg3):
     assert torch.equal(sub[..., :10], trace.taps["synthesis.L12_52_32"][..., :10])
     out.total.backward()
     assert all(p.grad is not None for p in model.heads[explicit[0].key].parameters())
+    # the samples picture: traced train.batch_size at a time, the same pictures as in one batch
+    pictures = {b: LayerMatchTask(model, sg3, None, None, None, SimpleNamespace(batch_size=b, grad_accum=1), 0,
+                                  torch.device("cpu")).sample_images(n=5) for b in (2, 5)}
+    assert list(pictures[2]) == ["generated"] + [f"rec {m.tap.removeprefix('synthesis.')} <- level {m.level}"
+                                                 for m in model.matches]
+    for name, images in pictures[2].items():
+        assert images.shape == (5, 3, 32, 32) and torch.allclose(images, pictures[5][name], atol=1e-4), name
 
 
 def test_semantics_reads_the_aligned_centre(sg3):

@@ -303,23 +303,36 @@ class LayerMatchTask:
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
     @torch.no_grad()
-    def sample_images(self, n: int = 8, seed: int = 12345) -> dict[str, torch.Tensor]:
-        """Generated images and, per matched tap, the reconstruction from the predicted activation."""
+    def sample_images(self, n: int | None = None, seed: int = 12345) -> dict[str, torch.Tensor]:
+        """Generated images and, per matched tap, the reconstruction from the predicted activation.
+
+        `n` defaults to 8 images up to 256 px and fewer above (2 at 512 px): a picture's cost grows with the
+        pixels. They are traced `train.batch_size` at a time, what a training step already holds in memory: 8
+        StyleGAN3 512 px traces at once (every layer kept, up to 532 px) ended a CPU run with SIGKILL (a 23 GiB
+        machine shared with other jobs; memory the likely cause) after its training step had run."""
         core = extract_model_from_parallel(self.model)
         was_training = core.training
         core.eval()
+        if n is None:
+            n = max(2, min(8, int(8 * (256 / self.generator.img_resolution) ** 2)))
         g = torch.Generator().manual_seed(seed)
         z = self.generator.sample_latents(n, generator=g).to(self.device)
         c = self.generator.sample_labels(n, generator=g)
         c = c.to(self.device) if c is not None else None
-        trace = self.generator.trace(z, c, truncation_psi=self.truncation_psi, noise_mode="const")
-        preds = core(trace.img)
-        rows = {"generated": trace.img}
-        for m in core.matches:
-            rows[f"rec {m.tap.removeprefix('synthesis.')} <- level {m.level}"] = self.generator.resume(
-                trace, m.tap, core.to_activation(m.tap, preds[m.key].float(), trace.taps[m.tap]))
+        rows: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, n, self.train_cfg.batch_size):
+            part = slice(start, start + self.train_cfg.batch_size)
+            trace = self.generator.trace(z[part], None if c is None else c[part], truncation_psi=self.truncation_psi,
+                                         noise_mode="const")
+            preds = core(trace.img)
+            rows.setdefault("generated", []).append(trace.img)
+            for m in core.matches:
+                rows.setdefault(f"rec {m.tap.removeprefix('synthesis.')} <- level {m.level}", []).append(
+                    self.generator.resume(trace, m.tap,
+                                          core.to_activation(m.tap, preds[m.key].float(), trace.taps[m.tap])))
+            del trace, preds
         core.train(was_training)
-        return rows
+        return {name: torch.cat(parts) for name, parts in rows.items()}
 
 
 # ----------------------------------------------------------------------------- the method
