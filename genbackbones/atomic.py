@@ -103,18 +103,20 @@ def directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     With overwrite=True an existing `path` is replaced (the old one is removed only
     after the new one is complete).
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # `.` or `..` have no name to build the siblings from
     if path.exists() and not overwrite:
         raise FileExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    old = path.with_name(f".old-{path.name}-{os.getpid()}")
     try:
         yield tmp
         _publish_tree(tmp)
         if path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
             shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
         elif path.exists():
-            old = path.with_name(f".old-{path.name}-{os.getpid()}")
+            # no atomic exchange here (macOS, some network filesystems): two renames, and a failure between
+            # them puts the old folder back below
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -122,4 +124,6 @@ def directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
         raise

@@ -29,9 +29,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -174,16 +174,39 @@ def hold(output: str | os.PathLike, command: str | None = None) -> Iterator[Path
 
 
 @contextlib.contextmanager
+def waiting_for(path: str | os.PathLike) -> Iterator[Path]:
+    """Wait for, then hold, the lock of a file that several commands update in turn (read, modify, write).
+
+    Unlike `hold`, a second command waits instead of failing: the update takes
+    milliseconds, and failing it would throw away the finished work that called it.
+    The lock file is left in place (removing it would race with a waiting opener).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        with contextlib.suppress(OSError):  # a filesystem without flock: update unlocked, as `hold` does
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def claim(output: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (),
-          flag: str = "--out", hint: str | None = None, command: str | None = None) -> Iterator[Path]:
+          flag: str = "--out", hint: str | None = None, command: str | None = None,
+          in_place: bool = False) -> Iterator[Path]:
     """Lock the folder `output` and check, under the lock, that the command may write it.
 
     A new or empty folder is fine. A non-empty one is refused, or with `overwrite`
     allowed to be replaced unless it is protected (`why_protected`). `inputs` are
     the folders the command reads. `hint` replaces the default way out in the
-    refusal of a non-empty folder.
+    refusal of a non-empty folder. An output written `in_place` (a run folder) may
+    be the current folder; one published by a swap (atomic.directory) may not.
     """
     output = Path(output)
+    if not in_place:
+        refuse_current_folder(output, flag)
     with hold(output, command):
         check_writable_folder(output, overwrite=overwrite, inputs=inputs, flag=flag, hint=hint)
         _remove_debris(output)
@@ -191,13 +214,32 @@ def claim(output: str | os.PathLike, *, overwrite: bool = False, inputs: Iterabl
 
 
 def _remove_debris(output: Path) -> None:
-    """What a writer of `output` killed mid-way left beside it (atomic.directory's `.tmp-<name>-*` and
-    `.old-<name>-*`): hidden, never the output itself, and nobody else's while we hold its lock."""
-    if output.parent.is_dir():
-        for pattern in (f".tmp-{glob.escape(output.name)}-*", f".old-{glob.escape(output.name)}-*"):
-            for debris in output.parent.glob(pattern):
-                if debris.is_dir() and not debris.is_symlink():
-                    shutil.rmtree(debris, ignore_errors=True)
+    """What a writer of `output` killed mid-way left beside it: atomic.directory's `.tmp-<name>-<8 chars>` (a
+    folder never published) and `.old-<name>-<pid>` (the replaced folder, parked during a swap).
+
+    Only those exact shapes match (tempfile's 8-character suffixes hold no '-'), so the debris of `<name>-v2`,
+    another output with its own lock, is never taken for ours. A parked old folder is put back when the swap
+    died before the new one arrived (it is then the only copy), and deleted only when the output exists."""
+    if not output.parent.is_dir():
+        return
+    name = re.escape(output.name)
+    for debris in output.parent.iterdir():
+        if not debris.is_dir() or debris.is_symlink():
+            continue
+        if re.fullmatch(rf"\.old-{name}-\d+", debris.name) and not output.exists():
+            os.replace(debris, output)
+        elif re.fullmatch(rf"\.tmp-{name}-[a-z0-9_]{{8}}|\.old-{name}-\d+", debris.name):
+            shutil.rmtree(debris, ignore_errors=True)
+
+
+def refuse_current_folder(output: Path, flag: str = "--out") -> None:
+    """An output that is swapped into place (built beside it, then exchanged) cannot be the current folder or
+    one holding it, even empty: the swap would move the folder the user stands in."""
+    target, cwd = Path(os.path.realpath(output)), Path(os.path.realpath(os.getcwd()))
+    if target == cwd or target in cwd.parents:
+        label = f"{flag} {output}" if flag else str(output)
+        raise UserError(f"{label} is the current folder or holds it; name a new folder, e.g. {flag or 'OUT'} "
+                        f"{shlex.quote(str(Path(output) / 'out'))}")
 
 
 def check_writable_folder(output: Path, *, overwrite: bool, inputs: Iterable[str | os.PathLike] = (),

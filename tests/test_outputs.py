@@ -283,3 +283,83 @@ def test_a_filesystem_without_flock_writes_unlocked_with_a_note(tmp_path, monkey
         pass
     assert "cannot be locked (No locks available)" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ from a review of the above (each failed before)
+
+
+def test_an_output_swapped_into_place_is_never_the_current_folder(sandbox, tmp_path):
+    """`export --out .` from an empty folder: the swap would move the folder the user stands in (it was a
+    ValueError traceback after the whole export)."""
+    here = tmp_path / "empty"
+    here.mkdir()
+    proc = run("export", str(sandbox / "runs" / "q"), "--out", ".", cwd=here)
+    one_error_line(proc, "--out . is the current folder or holds it")
+    assert list(here.iterdir()) == [] and list(tmp_path.iterdir()) == [here]
+
+
+def test_annotate_overwrite_never_replaces_the_masks_it_reads(tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "seed0000.png").write_bytes(b"the user's mask")
+    before = snapshot(tmp_path)
+    proc = run("annotate", "random:tiny32", "--masks", "masks", "--out", "masks", "--overwrite", cwd=tmp_path)
+    one_error_line(proc, "--out masks is the input this command reads", "never replaced")
+    assert snapshot(tmp_path) == before
+
+
+def test_leftovers_are_only_this_outputs_and_a_parked_old_folder_is_put_back(tmp_path):
+    from genbackbones.outputs import claim
+
+    # another output's temporary and parked folders (`model-v2`, `model-2`) share the prefix: never touched
+    others = [tmp_path / ".tmp-model-v2-ab12cd34", tmp_path / ".old-model-2-999", tmp_path / ".tmp-model-2-x_9y8z7w"]
+    ours_tmp = tmp_path / ".tmp-model-k3j4h5g6"
+    for folder in [*others, ours_tmp]:
+        folder.mkdir()
+        (folder / "f").write_text("x")
+    # a swap killed between its two renames: the old export is parked and `model` is missing
+    parked = tmp_path / ".old-model-4242"
+    parked.mkdir()
+    (parked / "model.safetensors").write_text("the only copy")
+    with claim(tmp_path / "model"):
+        pass
+    assert all(folder.is_dir() for folder in others)
+    assert not ours_tmp.exists() and not parked.exists()
+    assert (tmp_path / "model" / "model.safetensors").read_text() == "the only copy"
+
+
+def test_a_failed_swap_without_an_atomic_exchange_keeps_the_old_folder(tmp_path, monkeypatch):
+    from genbackbones import atomic
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "model.safetensors").write_text("old")
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # as on macOS or NFS
+    real_replace, calls = os.replace, []
+
+    def failing_second_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the new folder into place: interrupted
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.directory(target, overwrite=True) as tmp:
+            (tmp / "model.safetensors").write_text("new")
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    assert (target / "model.safetensors").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_cell_key_follows_the_labels_not_only_the_names():
+    import torch
+
+    from genbackbones.evaluate.cells import _content_sha256
+    from genbackbones.evaluate.data import Labelled
+
+    images = torch.zeros(3, 3, 4, 4, dtype=torch.uint8)
+    a = Labelled(images, ["a", "b", "c"], labels=torch.tensor([0, 1, 0]))
+    b = Labelled(images, ["a", "b", "c"], labels=torch.tensor([0, 1, 1]))  # one label fixed by the user
+    assert _content_sha256(a) != _content_sha256(b)
+    assert _content_sha256(a, [0, 1]) == _content_sha256(b, [0, 1])

@@ -73,7 +73,7 @@ def evaluate_cmd(
     """Fine-tune / probe backbones on few labels and compare them with ImageNet and random init."""
     from ..evaluate import evaluate
     from ..evaluate.options import choose_protocol, data_options
-    from ..outputs import claim_new, hold
+    from ..outputs import claim_new, hold, refuse_current_folder
 
     options = data_options(
         data, resolution, target=target, image_column=image_column, mask_column=mask_column,
@@ -81,6 +81,8 @@ def evaluate_cmd(
         label_pattern=label_pattern, data_config=data_config, data_split=data_split, data_revision=data_revision,
         data_dir=data_dir)
     # one writer per output folder (outputs.py); a default name is one no other command holds
+    if out is not None:
+        refuse_current_folder(out)  # results are swapped in as one folder (evaluate/report.py)
     claimed = hold(out) if out is not None else claim_new(Path("evaluation"), datetime.now().strftime("%Y%m%d-%H%M%S"))
     with claimed as out:
         evaluate(backbones, task=task, data=options, labels=labels, seeds=seeds,

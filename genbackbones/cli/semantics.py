@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
-from ..outputs import hold
+from ..outputs import claim, hold
 from .common import GENERATOR_SOURCE_HELP as GENERATOR_HELP, console, err_console, print_copyable
 
 
@@ -79,7 +79,8 @@ def annotate_cmd(
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     chosen = parse_layers(G, layers)
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    with hold(out):  # one writer per output (outputs.py)
+    # one writer per output, and --overwrite never replaces a run, the masks read or a folder holding them
+    with claim(out, overwrite=overwrite, inputs=[masks, *_local(generator)]):
         result, _ = annotate(G, masks, out, extractor, chosen, settings, seeds, names, class_colors, device,
                              source=generator, generator_sha256=sha256, hidden=hidden,
                              fingerprint=fingerprint, overwrite=overwrite)
@@ -92,6 +93,11 @@ def annotate_cmd(
     console.print(table)
     print_copyable(f"wrote {out}  (use it: genbackbones synthesize {shlex.quote(str(generator))} --extractor {shlex.quote(str(out))} "
                    "--n 10000 --out DATASET)")
+
+
+def _local(source: str) -> list[Path]:
+    """A generator source that is a path on this machine (a folder or checkpoint file): an input to protect."""
+    return [Path(source)] if Path(source).exists() else []
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -134,7 +140,7 @@ def cluster_cmd(
     chosen = parse_layers(G, layers, default="per-resolution")
     settings = KlishSettings(init_k=init_k, resolution=resolution, max_pixels=max_pixels, filter=not no_filter,
                              seed=seed)
-    with hold(out), Progress(TextColumn("KLiSH merges"), BarColumn(), MofNCompleteColumn(),
+    with claim(out, overwrite=overwrite, inputs=_local(generator)), Progress(TextColumn("KLiSH merges"), BarColumn(), MofNCompleteColumn(),
                              console=err_console) as bar:
         task = bar.add_task("merge", total=None)
 

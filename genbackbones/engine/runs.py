@@ -249,8 +249,8 @@ def claim_run_dir(recipe: Recipe, output: Path | None) -> Iterator[Path]:
     elif not main:
         yield Path(output)
     else:
-        with outputs.claim(output, flag="--output", hint=f"pick another --output or continue it with "
-                                                           f"--resume {shlex.quote(str(output))}") as run_dir:
+        hint = f"pick another --output or continue it with --resume {shlex.quote(str(output))}"
+        with outputs.claim(output, flag="--output", in_place=True, hint=hint) as run_dir:
             yield run_dir
 
 

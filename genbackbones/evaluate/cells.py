@@ -7,8 +7,8 @@ runs, each finished cell is written at once, atomically, to
     OUT/cells/<key>.json     {"format", "key", "identity", "run", "command"}
 
 `key` is the sha256 of `identity`: everything that decides the cell's numbers: the
-task and its settings, the data (its description, options, the cell's labelled
-images and the test images by name), the backbone (what results.json records about
+task and its settings, the data (its description, options and schema, and the
+cell's labelled images and the test images by content: names, pixels, labels), the backbone (what results.json records about
 it, and the sha256 of its weights file, so a re-exported run is evaluated again),
 the label count, the seed and the device type. A cell whose key matches is not
 computed again: its numbers are the ones an uninterrupted evaluation would have
@@ -74,18 +74,28 @@ def weights_sha256(backbone) -> str | None:
     return digest.hexdigest()
 
 
-def _names_sha256(names) -> str:
-    return hashlib.sha256("\n".join(map(str, names)).encode()).hexdigest()
+def _content_sha256(data, positions=None) -> str:
+    """The names, pixels and labels of a labelled set (or of its rows at `positions`): a labels file, mask or
+    image fixed between an interrupted evaluation and its continuation changes the key, so no stale cell is
+    reused. Hashing the small uint8 / int64 tensors of an evaluation costs milliseconds."""
+    if positions is not None:
+        data = data.take(positions)
+    digest = hashlib.sha256("\n".join(map(str, data.names)).encode())
+    for tensor in (data.images, data.masks, data.landmarks, data.labels):
+        if tensor is not None:
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def cell_identity(plan, backbone, weights: str | None, n: int, seed: int) -> dict:
     """What decides one cell's numbers (see the module docstring); its sha256 is the cell's key."""
-    names = plan.data.train.names
     return {
         "format": FORMAT, "task": plan.task, "settings": asdict(plan.settings),
         "data": {"description": plan.data.description, "options": asdict(plan.options),
-                 "train": _names_sha256(names[p] for p in plan.subsets[(n, seed)]),
-                 "test": _names_sha256(plan.data.test.names)},
+                 "schema": asdict(plan.data.schema),
+                 "train": _content_sha256(plan.data.train, plan.subsets[(n, seed)]),
+                 "test": _content_sha256(plan.data.test)},
         "backbone": {**backbone.describe(), "weights_sha256": weights},
         "labels": n, "seed": seed, "device": plan.device.type,
     }

@@ -32,7 +32,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .. import atomic
+from .. import atomic, outputs
 from ..errors import plural
 from .metrics import mean_std
 
@@ -285,16 +285,17 @@ def read_model_index(run_dir: Path) -> tuple[list, list[dict]] | None:
 def merge_into_run(run_dir: Path, index: dict) -> Path:
     """Add entries to RUN/evaluation/model_index.json, replacing earlier ones for the same task/metric/labels."""
     path = Path(run_dir) / RUN_MODEL_INDEX
-    old = json.loads(path.read_text()) if path.exists() else {}
-    new_keys = {_result_key(r) for r in index["eval_results"]}
-    new_rows = {_row_key(r) for r in index["rows"]}
-    merged = {
-        "model_name": index.get("model_name") or old.get("model_name"),
-        "eval_results": [r for r in old.get("eval_results", []) if _result_key(r) not in new_keys
-                         and not _legacy(r)] + index["eval_results"],
-        "rows": [r for r in old.get("rows", []) if _row_key(r) not in new_rows] + index["rows"],
-    }
-    atomic.write_text(path, json.dumps(merged, indent=2) + "\n")
+    with outputs.waiting_for(path):  # two evaluations of one run (other --out folders) each keep their rows
+        old = json.loads(path.read_text()) if path.exists() else {}
+        new_keys = {_result_key(r) for r in index["eval_results"]}
+        new_rows = {_row_key(r) for r in index["rows"]}
+        merged = {
+            "model_name": index.get("model_name") or old.get("model_name"),
+            "eval_results": [r for r in old.get("eval_results", []) if _result_key(r) not in new_keys
+                             and not _legacy(r)] + index["eval_results"],
+            "rows": [r for r in old.get("rows", []) if _row_key(r) not in new_rows] + index["rows"],
+        }
+        atomic.write_text(path, json.dumps(merged, indent=2) + "\n")
     return path
 
 
