@@ -206,3 +206,13 @@ def test_ghfeat_two_steps_through_stylegan3_styles(tmp_path):
     assert info["status"] == "exported"
     channels = save_trained_features(tmp_path / "gh", tmp_path / "expected.pt")
     assert run_as_typed(f"model = {timm_line(proc.stdout)}", tmp_path / "expected.pt") == channels
+    # the run's encoder in use: images encoded to StyleGAN3 styles and re-rendered, per-level features, mixing
+    sample = run_cli("generator", "sample", "random:sg3-t32", "--n", "2", "--out", "imgs.png", "--save-seeds",
+                     cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr[-2000:]
+    images = [str(p) for p in sorted((tmp_path / "imgs_images").glob("*.png"))]
+    for args in (["reconstruct", "gh", *images, "--out", "rec.png"], ["features", "gh", *images, "--out", "feats"],
+                 ["mix", "gh", *images, "--out", "mix.png"]):
+        used = run_cli(*args, cwd=tmp_path)
+        assert used.returncode == 0, (args[0], used.stderr[-2000:])
+    assert all((tmp_path / name).exists() for name in ("rec.png", "mix.png", "feats"))
