@@ -255,7 +255,8 @@ def main() -> None:
                           + (f"  (first call, compiling: {first_call_s:.0f} s)" if args.compile else ""), flush=True)
             del G_old, D_old, G_new, D_new
     result = {
-        "family": args.family, "before": args.before, "after": args.after, "compiled": args.compile, "threads": torch.get_num_threads(),
+        "family": args.family, "before": args.before, "after": args.after, "compiled": args.compile,
+        "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
         "torch": torch.__version__, "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],

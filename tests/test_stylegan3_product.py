@@ -148,7 +148,8 @@ def test_semantics_reads_the_aligned_centre(sg3):
     acts = generate(sg3, [0, 1], ["synthesis.L12_52_32", "synthesis.L13_32_32"]).acts
     assert acts["synthesis.L12_52_32"].shape == (2, 32, 32, 32)  # the 52 px layer's centre
     with torch.no_grad():
-        trace = sg3.trace(torch.from_numpy(np.stack([np.random.RandomState(s).randn(sg3.z_dim) for s in (0, 1)])).float())
+        z = np.stack([np.random.RandomState(seed).randn(sg3.z_dim) for seed in (0, 1)])  # generator sample's seeds
+        trace = sg3.trace(torch.from_numpy(z).float())
     assert torch.equal(acts["synthesis.L12_52_32"], crop_margin(trace.taps["synthesis.L12_52_32"], 10))
 
 
