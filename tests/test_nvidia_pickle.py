@@ -387,7 +387,7 @@ def test_numpy_object_dtype_is_refused(tmp_path):
     """numpy scalars are rebuilt from raw bytes of numeric dtypes only; an object dtype could carry objects."""
     path = tmp_path / "scalar.pkl"
     path.write_bytes(call_pickle("numpy", "dtype", "O8", False, True))
-    with pytest.raises(UserError, match="refused to load a numpy object dtype from scalar.pkl"):
+    with pytest.raises(UserError, match="refused to load a numpy dtype 'O8' that is not a plain number from scalar.pkl"):
         read_network_pickle(path)
 
 
@@ -401,3 +401,83 @@ def test_restricted_loader_reads_tensor_blobs_like_torch(tmp_path):
     from genbackbones.generators.formats.nvidia_pickle import load_pickle
 
     assert torch.equal(load_pickle(path)["t"], t)
+
+
+# ----------------------------------------------------------------------------- issue 26: checks that stay checked
+
+
+def rebuilt_dtype_pickle(path: Path) -> Path:
+    """[array] whose memoised '<f8' dtype is BUILT again after the array used it, with a sub-array state:
+    numpy's own dtype.__setstate__ would turn the array's dtype into ('<f8', (10000000,)) behind the check."""
+    import pickletools
+
+    body = pickle.dumps([np.arange(4, dtype="<f8")], protocol=3)
+    ops = list(pickletools.genops(body))
+    start = next(i for i, (op, arg, _) in enumerate(ops) if op.name == "GLOBAL" and arg == "numpy dtype")
+    reduce = next(i for i in range(start, len(ops)) if ops[i][0].name == "REDUCE")
+    memo = ops[reduce + 1][1]  # the BINPUT right after the dtype is made
+    state = pickle.dumps((3, "|", (np.dtype("<f8"), (10000000,)), None, None, 80000000, 8, 0), protocol=3)[2:-1]
+    path.write_bytes(body[:-1] + b"h" + bytes([memo]) + state + b"b0.")  # BINGET, state, BUILD, POP, STOP
+    assert pickle.loads(path.read_bytes())[0].dtype.shape == (10000000,)  # what it does to numpy itself
+    return path
+
+
+def test_a_dtype_built_again_after_its_array_cannot_change_the_array(tmp_path):
+    from genbackbones.generators.formats.nvidia_pickle import load_pickle
+
+    path = rebuilt_dtype_pickle(tmp_path / "rebuilt.pkl")
+    try:
+        arrays = load_pickle(path)
+    except UserError as err:
+        assert str(err).startswith("refused to load a numpy dtype built twice") and "\n" not in str(err)
+    else:
+        dtype = arrays[0].dtype  # compared by its parts: a rewritten dtype still compares == '<f8'
+        assert dtype.shape == () and dtype.subdtype is None and repr(dtype) == "dtype('float64')"
+        assert arrays[0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    proc = subprocess.run([sys.executable, "-m", "genbackbones", "generator", "info", str(path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def hostile_kwargs_folder(tmp_path: Path, source: str, **changes) -> Path:
+    """A saved generator folder whose generator.json kwargs were edited (weights unchanged, small)."""
+    import json
+
+    from genbackbones.generators.formats.folder import META_FILE, save_generator
+
+    out = save_generator(tmp_path / "g", open_generator(source).G)
+    meta = json.loads((out / META_FILE).read_text())
+    for key, value in changes.items():
+        target = meta["G_init_kwargs"]
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    (out / META_FILE).write_text(json.dumps(meta))
+    return out
+
+
+@pytest.mark.parametrize("source,changes,named", [
+    ("random:tiny32", {"synthesis_kwargs.channel_base": 2**25, "synthesis_kwargs.channel_max": 2**15},
+     "weights do not match the architecture (wrong shape: "),
+    ("random:tiny32", {"synthesis_kwargs.channel_base": 2**60, "synthesis_kwargs.channel_max": 2**60},
+     "cannot build a StyleGAN2 Generator from its recorded arguments (RuntimeError: "),
+    ("random:tiny32", {"img_resolution": 0}, "the recorded img_resolution=0 is not a power of two >= 4"),
+    ("random:sg3-r32", {"img_resolution": 0}, "the recorded img_resolution=0 is not an integer >= 4"),
+], ids=["channel_max-2**15", "channel_max-2**60", "stylegan2-resolution-0", "stylegan3-resolution-0"])
+def test_hostile_kwargs_are_one_line_before_any_layer_is_allocated(tmp_path, source, changes, named):
+    """The file's kwargs size the network before its weights are compared: built on the meta device first, a
+    channel_max of 2**15 (~38 GB a layer) is one line in seconds, not a killed process or a traceback."""
+    import resource
+    import time
+
+    folder = hostile_kwargs_folder(tmp_path, source, **changes)
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "genbackbones", "generator", "info", str(folder)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    message = proc.stderr.strip()
+    assert message.startswith(f"error: {folder / 'generator.json'}") and named in message, message
+    assert "\n" not in message and "Traceback" not in proc.stderr
+    assert time.monotonic() - began < 60
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 3 * 2**20  # KiB: every child stayed < 3 GiB

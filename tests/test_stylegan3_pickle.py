@@ -158,9 +158,9 @@ def test_hostile_stylegan3_pickle_is_refused_with_one_line_exit_2(tmp_path, t_sm
 
 def test_numpy_arrays_of_objects_or_other_classes_are_refused(tmp_path):
     """Arrays are rebuilt from raw bytes of plain numbers only: an object array could carry objects."""
-    cases = {"objects.pkl": (np.array([1, None], dtype=object), "a numpy object dtype"),
+    cases = {"objects.pkl": (np.array([1, None], dtype=object), "a numpy dtype 'O8' that is not a plain number"),
              "masked.pkl": (np.ma.masked_array([1.0]), "global numpy.ma.core._mareconstruct"),
-             "records.pkl": (np.zeros(2, dtype=[("a", "f4")]), "not plain numbers")}
+             "records.pkl": (np.zeros(2, dtype=[("a", "f4")]), "a numpy dtype 'V4' that is not a plain number")}
     for name, (value, expected) in cases.items():
         path = tmp_path / name
         path.write_bytes(pickle.dumps({"G_ema": value}, protocol=3))

@@ -473,3 +473,77 @@ def test_label_concat_of_the_original_release_is_refused(tmp_path):
         path.write_bytes(pickle.dumps((G_tf, D_tf, Gs_tf), protocol=3))
     with pytest.raises(UserError, match="LabelConcat"):
         open_generator(path)
+
+
+# ----------------------------------------------------------------------------- issue 26: real files, damaged files
+
+
+def test_noise_strengths_pickled_as_numpy_scalars_convert_like_nvidias(tf_skip, tmp_path):
+    """TF1's session.run returns 0-d variables as numpy scalars: every noise_strength of NVIDIA's real releases is a
+    pickled np.float32 (numpy's multiarray.scalar), not an array. Such a file converts to the same network."""
+    with tflib_names():
+        nets = pickle.loads((tf_skip / "network-tf.pkl").read_bytes())
+        scalars = 0
+        for net in nets:
+            for comp in [net, *net.tf_state["components"].values()]:
+                variables = comp.tf_state["variables"]
+                for i, (name, value) in enumerate(variables):
+                    if name.endswith("noise_strength"):
+                        variables[i] = (name, np.float32(np.asarray(value).reshape(())))
+                        scalars += 1
+        path = tmp_path / "network-tf.pkl"
+        path.write_bytes(pickle.dumps(nets, protocol=3))
+    assert scalars > 0 and path.read_bytes().count(b"multiarray\nscalar\n") == 1  # one GLOBAL, memoised
+    reference = load_file(tf_skip / "G_ema.safetensors")
+    converted = read_tf_pickle(path)["G_ema"].state_dict
+    assert converted.keys() == reference.keys() and all(torch.equal(converted[k], reference[k]) for k in reference)
+    expected = load_file(tf_skip / "expected.safetensors")
+    with torch.no_grad():
+        img = open_generator(path).G(expected["z"], None, truncation_psi=1, noise_mode="const")
+    assert_close_to_reference("img_psi1", img, expected["img_psi1"])
+
+
+def test_resolution_zero_is_one_line_exit_2(tmp_path):
+    """A damaged resolution (0: log2 overflows) is refused naming it, by the CLI process, without a traceback."""
+    G, D = variant("skip")
+    path = write_tf_pickle(tmp_path / "network-tf.pkl", G, D)
+    with tflib_names():
+        nets = pickle.loads(path.read_bytes())
+        for net in nets:
+            net.tf_state["static_kwargs"]["resolution"] = 0
+        path.write_bytes(pickle.dumps(nets, protocol=3))
+    proc = run_cli("generator", "info", str(path), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("error: network-tf.pkl:Gs: static kwarg resolution=0 is not a power of two >= 4; "
+                                   "the file is damaged or not a StyleGAN2 network")
+
+
+def test_one_bytes_object_built_into_many_arrays_stays_small(tmp_path):
+    """Arrays are read-only views of the file's bytes: a 4 MB bytes object memoised and BUILT into 300 arrays
+    (as a hostile file can) takes its 4 MB once, not 1.2 GB, before the file is refused as unlike StyleGAN2."""
+    import tracemalloc
+
+    class SharedBytesArray:
+        """Pickles as numpy does (_reconstruct, then BUILD with raw bytes), every one with the same bytes object."""
+
+        def __reduce__(self):
+            return (np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                    (1, (1 << 20,), np.dtype("<f4"), False, SHARED))
+
+    SHARED = bytes(4 << 20)
+    G, D = variant("skip")
+    path = write_tf_pickle(tmp_path / "network-tf.pkl", G, D)
+    with tflib_names():
+        nets = pickle.loads(path.read_bytes())
+        nets[2].tf_state["variables"] += [(f"extra{i}", SharedBytesArray()) for i in range(300)]
+        data = pickle.dumps(nets, protocol=3)
+    assert len(data) < 6 << 20 and data.count(b"cnumpy._core.multiarray\n_reconstruct\n") == 1  # memoised
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match="300 variables have no place in StyleGAN2"):
+            read_tf_pickle(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"peak {peak / 2**20:.0f} MiB"

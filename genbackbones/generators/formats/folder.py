@@ -29,7 +29,7 @@ from ...errors import UserError
 from ..base import GeneratorHandle
 from ..stylegan2 import Discriminator, Generator
 from ..stylegan3 import Generator as StyleGAN3Generator
-from .nvidia_pickle import to_plain
+from .nvidia_pickle import _one_line, to_plain
 
 FORMAT = "genbackbones.generator/1"
 META_FILE = "generator.json"
@@ -165,17 +165,36 @@ def build_network(class_name: str, init_kwargs: dict, state_dict: dict[str, torc
     `family` picks the generator ('stylegan2' or 'stylegan3'); discriminators are StyleGAN2's."""
     cls = GENERATOR_CLASSES[family] if class_name == "Generator" else Discriminator
     name = "StyleGAN3" if cls is StyleGAN3Generator else "StyleGAN2"
-    try:
-        module = cls(**init_kwargs)
-    except (TypeError, ValueError, KeyError, AssertionError) as err:
-        raise UserError(f"{where}: cannot build a {name} {class_name} from its recorded arguments ({err}); "
-                        f"the checkpoint may come from a modified {name} fork, which is not supported") from None
+    resolution = init_kwargs.get("img_resolution")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 4 \
+            or (name == "StyleGAN2" and resolution & (resolution - 1)):
+        need = "a power of two >= 4" if name == "StyleGAN2" else "an integer >= 4"
+        raise UserError(f"{where}: the recorded img_resolution={resolution!r} is not {need}; the checkpoint is "
+                        "damaged or was edited")
+    # The file's kwargs size every layer before any weight is compared: built on the meta device first (no
+    # memory), a channel_max of 2**15 beside small weights is one line here instead of ~38 GB per layer.
+    with torch.device("meta"):
+        skeleton = _construct(cls, init_kwargs, where, name, class_name)
+    check_shapes(skeleton, state_dict, f"{where} ({class_name})")
+    module = _construct(cls, init_kwargs, where, name, class_name)
     load_strict(module, state_dict, f"{where} ({class_name})")
     return module.eval().requires_grad_(False)
 
 
-def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
-    """`load_state_dict(strict=True)` with a one-line explanation of any mismatch."""
+def _construct(cls: type[nn.Module], init_kwargs: dict, where: str, name: str, class_name: str) -> nn.Module:
+    """`cls(**init_kwargs)`; what impossible kwargs raise inside the constructor (numpy, torch, arithmetic) is one
+    line."""
+    try:
+        return cls(**init_kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, ZeroDivisionError, OverflowError,
+            MemoryError) as err:
+        raise UserError(f"{where}: cannot build a {name} {class_name} from its recorded arguments "
+                        f"({_one_line(err)}); the checkpoint may come from a modified {name} fork, which is not "
+                        "supported") from None
+
+
+def check_shapes(module: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """Every name and shape of `module.state_dict()` against `state_dict`; a mismatch is one line naming it."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -187,6 +206,11 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], where: s
     if problems:
         raise UserError(f"{where}: weights do not match the architecture ({'; '.join(problems)}); the file is "
                         "damaged or comes from a modified StyleGAN2, which is not supported")
+
+
+def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """`load_state_dict(strict=True)` with a one-line explanation of any mismatch."""
+    check_shapes(module, state_dict, where)
     module.load_state_dict(state_dict, strict=True)
 
 

@@ -145,20 +145,46 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None) -> torch.
     return data
 
 
-def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
-    if not isinstance(spec, str):
-        raise Refused("a numpy dtype that is not given by name")
-    dtype = np.dtype(spec, bool(align), bool(copy))
-    if dtype.hasobject:
-        raise Refused("a numpy object dtype")
-    return dtype
+class PlainDtype:
+    """numpy's `dtype(spec, align, copy)` then BUILD(state), for plain numeric dtypes only.
+
+    Not a numpy dtype on purpose: numpy's own `dtype.__setstate__` rewrites a dtype in place, so a file that
+    BUILDs a memoised dtype again after an array used it could turn a checked '<f8' into a sub-array or
+    record dtype behind the check. This holder takes the one BUILD a real pickle has, refuses a second,
+    and every array is made with a fresh dtype (`fresh`) that the pickle never sees."""
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = False):
+        if not isinstance(spec, str):
+            raise Refused("a numpy dtype that is not given by name")
+        try:
+            dtype = np.dtype(spec, bool(align), False)
+        except TypeError:
+            raise Refused(f"a numpy dtype {spec!r}") from None
+        if dtype.kind not in "biufc" or dtype.names is not None or dtype.subdtype is not None or dtype.hasobject:
+            raise Refused(f"a numpy dtype {spec!r} that is not a plain number")
+        self.dtype, self._built = dtype, False
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy writes (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if self._built:
+            raise Refused("a numpy dtype built twice (a real pickle builds each dtype once)")
+        if not isinstance(state, tuple) or len(state) not in (8, 9) or state[2:5] != (None, None, None) \
+                or state[1] not in ("<", ">", "|", "=") or state[-1] != 0:
+            raise Refused("a numpy dtype state that is not a plain number's")
+        if state[1] in "<>":
+            self.dtype = self.dtype.newbyteorder(state[1])
+        self._built = True
+
+    def fresh(self) -> np.dtype:
+        """A new dtype equal to the checked one, for an array to own."""
+        return np.dtype(self.dtype.str)
 
 
 def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
     """Stand-in for numpy's `multiarray.scalar`: plain numbers (bool/int/float/complex) from raw bytes only."""
-    if not _plain_number_dtype(dtype) or not isinstance(data, bytes) or len(data) != dtype.itemsize:
+    if not isinstance(dtype, PlainDtype) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
         raise Refused("a numpy scalar that is not a plain number")
-    return np.frombuffer(data, dtype=dtype, count=1)[0]
+    return np.frombuffer(data, dtype=dtype.fresh(), count=1)[0]
 
 
 class _NdarrayName:
@@ -179,11 +205,11 @@ class _CheckedArray(np.ndarray):
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, tuple) or len(state) != 5:
             raise Refused("a malformed numpy array")
-        _, shape, dtype, _, data = state
-        if not _int_tuple(shape) or not _plain_number_dtype(dtype) or not isinstance(data, (bytes, bytearray)) \
-                or len(data) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        version, shape, dtype, is_fortran, data = state
+        if not _int_tuple(shape) or not isinstance(dtype, PlainDtype) or not isinstance(data, (bytes, bytearray)) \
+                or len(data) != int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize:
             raise Refused("a numpy array that is not plain numbers")
-        super().__setstate__(state)
+        super().__setstate__((version, shape, dtype.fresh(), is_fortran, data))
 
 
 def _numpy_reconstruct(cls: Any, shape: Any, typecode: Any) -> np.ndarray:
@@ -195,17 +221,12 @@ def _numpy_reconstruct(cls: Any, shape: Any, typecode: Any) -> np.ndarray:
 
 def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     """Stand-in for numpy's `numeric._frombuffer` (arrays pickled with protocol 5): plain numbers only."""
-    if not isinstance(buffer, (bytes, bytearray)) or not _plain_number_dtype(dtype) or not _int_tuple(shape) \
+    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, PlainDtype) or not _int_tuple(shape) \
             or order not in ("C", "F"):
         raise Refused("a numpy array that is not plain numbers")
-    if len(buffer) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+    if len(buffer) != int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize:
         raise Refused("a numpy array whose data does not match its shape")
-    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(tuple(shape), order=order).copy(order=order)
-
-
-def _plain_number_dtype(dtype: Any) -> bool:
-    return isinstance(dtype, np.dtype) and dtype.kind in "biufc" and dtype.names is None and not dtype.hasobject \
-        and dtype.subdtype is None
+    return np.frombuffer(bytes(buffer), dtype=dtype.fresh()).reshape(tuple(shape), order=order).copy(order=order)
 
 
 def _int_tuple(value: Any) -> bool:
@@ -227,7 +248,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable] = {
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,  # written by numpy 1.x
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,  # written by numpy 2.x
-    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy", "dtype"): PlainDtype,
     ("numpy", "ndarray"): _NdarrayName,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,  # numpy 1.x
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,  # numpy 2.x

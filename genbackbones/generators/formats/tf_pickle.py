@@ -42,7 +42,7 @@ import torch
 
 from ...errors import UserError
 from ..ops import setup_filter
-from .nvidia_pickle import NvidiaNetwork, Refused, _one_line, to_plain
+from .nvidia_pickle import NvidiaNetwork, PlainDtype, Refused, _one_line, to_plain
 from .rosinality import channel_layout
 
 _SNIFF_BYTES = 4096
@@ -98,30 +98,6 @@ class _Token:
 
 
 _NDARRAY = _Token("numpy.ndarray")
-_NUMERIC_KINDS = "biufc"
-
-
-class _Dtype:
-    """numpy's `dtype(spec, align, copy)` then BUILD(state), for plain numeric dtypes only."""
-
-    def __init__(self, spec: Any, align: Any = False, copy: Any = False):
-        if not isinstance(spec, str):
-            raise Refused("a numpy dtype that is not given by name")
-        try:
-            dtype = np.dtype(spec)
-        except TypeError:
-            raise Refused(f"a numpy dtype {spec!r}") from None
-        if dtype.kind not in _NUMERIC_KINDS or dtype.names is not None or dtype.subdtype is not None:
-            raise Refused(f"a numpy dtype {spec!r} that is not a plain number")
-        self.dtype = dtype
-
-    def __setstate__(self, state: Any) -> None:
-        # numpy writes (version, byteorder, subarray, names, fields, elsize, alignment, flags)
-        if not isinstance(state, tuple) or len(state) not in (8, 9) or state[2:5] != (None, None, None) \
-                or state[1] not in ("<", ">", "|", "=") or state[-1] != 0:
-            raise Refused("a numpy dtype state that is not a plain number's")
-        if state[1] in "<>":
-            self.dtype = self.dtype.newbyteorder(state[1])
 
 
 class _Array:
@@ -135,15 +111,18 @@ class _Array:
         if not isinstance(state, tuple) or len(state) != 5:
             raise Refused("a numpy array state of an unknown form")
         _, shape, dtype, is_fortran, raw = state
-        if not isinstance(dtype, _Dtype) or not isinstance(raw, (bytes, bytearray)):
+        if not isinstance(dtype, PlainDtype) or not isinstance(raw, (bytes, bytearray)):
             raise Refused("a numpy array that is not plain numbers")
         if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
             raise Refused("a numpy array with a malformed shape")
         count = int(np.prod(shape, dtype=np.int64))
         if count * dtype.dtype.itemsize != len(raw):
             raise Refused("a numpy array whose data does not match its shape")
-        flat = np.frombuffer(raw, dtype=dtype.dtype, count=count)
-        self.array = flat.reshape(shape, order="F" if is_fortran else "C").astype(dtype.dtype.newbyteorder("="))
+        # a read-only view of the file's bytes (copied only to swap a foreign byte order): a file that BUILDs
+        # one memoised bytes object into many arrays must not multiply its size in memory
+        flat = np.frombuffer(raw, dtype=dtype.fresh(), count=count)
+        native = dtype.fresh().newbyteorder("=")
+        self.array = flat.reshape(shape, order="F" if is_fortran else "C").astype(native, copy=False)
 
 
 def _reconstruct(subtype: Any, shape: Any, code: Any) -> _Array:
@@ -152,10 +131,12 @@ def _reconstruct(subtype: Any, shape: Any, code: Any) -> _Array:
     return _Array()
 
 
-def _scalar(dtype: Any, data: Any = None) -> Any:
-    if not isinstance(dtype, _Dtype) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
+def _scalar(dtype: Any, data: Any = None) -> np.generic:
+    """A numpy scalar, kept one: TF1's `session.run` returns 0-d variables (every `noise_strength` of NVIDIA's
+    releases) as numpy scalars, which `_Variables` takes as 0-d arrays; static kwargs turn them into numbers."""
+    if not isinstance(dtype, PlainDtype) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
         raise Refused("a numpy scalar that is not a plain number")
-    return np.frombuffer(data, dtype=dtype.dtype, count=1)[0].item()
+    return np.frombuffer(data, dtype=dtype.fresh(), count=1)[0]
 
 
 # Everything a TF network pickle contains (checked on the layout NVIDIA's tflib writes: protocol 3,
@@ -163,7 +144,7 @@ def _scalar(dtype: Any, data: Any = None) -> Any:
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("dnnlib.tflib.network", "Network"): TFNetwork,
     ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _Dtype,
+    ("numpy", "dtype"): PlainDtype,
     **{(f"{core}.multiarray", name): fn for core in ("numpy.core", "numpy._core")
        for name, fn in (("_reconstruct", _reconstruct), ("scalar", _scalar))},
 }
@@ -250,7 +231,7 @@ def _convert(convert: Any, net: TFNetwork, where: str) -> NvidiaNetwork:
     """`convert(net, where)`; a variable or kwarg of an impossible shape or type is a one-line error too."""
     try:
         return convert(net, where)
-    except (IndexError, ValueError, TypeError, KeyError, AttributeError) as err:
+    except (IndexError, ValueError, TypeError, KeyError, AttributeError, OverflowError, ZeroDivisionError) as err:
         raise UserError(f"{where}: a variable or static kwarg has an unexpected shape or type ({_one_line(err)}); "
                         "the file is damaged or not a StyleGAN2 network") from None
 
@@ -267,10 +248,14 @@ class _Variables:
         if not isinstance(variables, list):
             raise UserError(f"{self.where}: the network state has no variable list; the file is damaged")
         for item in variables:
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], np.generic):
+                item = (item[0], np.asarray(item[1]))  # a 0-d variable, as TF1's session.run returns it
+            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], _Array):
+                item = (item[0], item[1].array)
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                    and isinstance(item[1], _Array) and item[1].array is not None):
+                    and isinstance(item[1], np.ndarray)):
                 raise UserError(f"{self.where}: a variable entry is not (name, numpy array); the file is damaged")
-            self.values[prefix + item[0]] = item[1].array
+            self.values[prefix + item[0]] = item[1]
         components = net.state.get("components") or {}
         if not isinstance(components, dict):
             raise UserError(f"{self.where}: the network's components are not a dict; the file is damaged")
@@ -328,6 +313,14 @@ class _StaticKwargs:
         if value not in allowed:
             raise UserError(f"{self.where}: static kwarg {name}={value!r} is not supported (only "
                             f"{', '.join(map(repr, allowed))}); the network differs from StyleGAN2")
+        return value
+
+    def resolution(self) -> int:
+        """`resolution`, checked before anything is sized from it: StyleGAN2 has a block per power of two."""
+        value = self.get("resolution", 1024)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 4 or value & (value - 1):
+            raise UserError(f"{self.where}: static kwarg resolution={value!r} is not a power of two >= 4; the file "
+                            "is damaged or not a StyleGAN2 network")
         return value
 
     def resample_kernel(self) -> list:
@@ -432,7 +425,7 @@ def generator_kwargs(static: _StaticKwargs, variables: _Variables, family: str) 
     if c_dim > 0 and variables.has("mapping/LabelEmbed/weight"):
         embed = int(variables.values["mapping/LabelEmbed/weight"].shape[1])
         mapping_kwargs["embed_features"] = None if embed == w_dim else embed
-    res = static.get("resolution", 1024)
+    res = static.resolution()
     channels = {2**k: _out_channels(variables, f"synthesis/{2**k}x{2**k}/{'Conv' if k == 2 else 'Conv1'}/weight")
                 for k in range(2, int(np.log2(res)) + 1)}
     base, cmax = _channel_layout(static, channels)
@@ -525,7 +518,7 @@ def discriminator_kwargs(static: _StaticKwargs, variables: _Variables, family: s
     mbstd_group = static.get("mbstd_group_size", 4 if family == "stylegan2" else None)
     activation = static.get("nonlinearity", "lrelu")
     mapping_fmaps = static.get("mapping_fmaps")
-    res = static.get("resolution", 1024)
+    res = static.resolution()
     channels = {2**k: _out_channels(variables, f"{2**k}x{2**k}/Conv0/weight") for k in range(3, int(np.log2(res)) + 1)}
     channels[4] = _out_channels(variables, "4x4/Conv/weight")
     base, cmax = _channel_layout(static, channels)
