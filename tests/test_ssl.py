@@ -234,7 +234,7 @@ def test_the_card_says_which_self_supervised_method_it_is(hrnet_run):
     card = (hrnet_run / "export" / "README.md").read_text()
     assert "# hrnet_w18_small · SimCLR (self-supervised)" in card
     assert "contrastive self-supervised method (lightly's loss, heads and view transforms)" in card
-    assert "images drawn from a frozen StyleGAN2 generator" in card
+    assert "images drawn from a frozen StyleGAN generator" in card
     assert "not a LayerMatch or GH-Feat backbone" in card and "pretrained with **LayerMatch" not in card
     assert "chen2020simclr" in card and "lightly-ai/lightly" in card
     assert "- ssl" in card  # the Hub tag

@@ -377,7 +377,8 @@ class LayerMatch(Method):
     display_name = "LayerMatch"
     reference = ("Galeev et al., Learning High-Resolution Domain-Specific Representations with a GAN "
                  "Generator, §3.1")
-    card_summary = ("learned to predict the activations of a frozen StyleGAN2 generator from the images it draws, "
+    # the family (StyleGAN2 / StyleGAN3) is in the card's generator row
+    card_summary = ("learned to predict the activations of a frozen StyleGAN generator from the images it draws, "
                     "plus a reconstruction loss through the generator")
     bibtex = """@inproceedings{galeev2020layermatch,
   title     = {Learning High-Resolution Domain-Specific Representations with a {GAN} Generator},

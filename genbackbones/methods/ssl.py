@@ -377,7 +377,7 @@ class SSL(Method):
     def card_text(self, recipe: Mapping[str, Any]) -> dict[str, str]:
         algorithm = _algorithm(recipe)
         name, kind, reference, bibtex = REFERENCES.get(algorithm, REFERENCES["simclr"])
-        images = ("images drawn from a frozen StyleGAN2 generator (the generator supplied images only, none of its "
+        images = ("images drawn from a frozen StyleGAN generator (the generator supplied images only, none of its "
                   "activations)" if _from_generator(recipe) else "the real images named below")
         return {
             "display_name": f"{name} (self-supervised)",

@@ -158,8 +158,8 @@ class GHFeat(Method):
     uses = ("generator", "backbone", "data", "train")
     display_name = "GH-Feat"
     reference = "Xu et al., Generative Hierarchical Features from Synthesizing Images, CVPR 2021"
-    card_summary = ("the trunk of an encoder trained on real images to produce a frozen StyleGAN2 generator's "
-                    "per-layer styles, so that the generator reconstructs each image")
+    card_summary = ("the trunk of an encoder trained on real images to produce the per-layer styles of a frozen "
+                    "StyleGAN generator, so that the generator reconstructs each image")
     bibtex = """@inproceedings{xu2021ghfeat,
   title     = {Generative Hierarchical Features from Synthesizing Images},
   author    = {Xu, Yinghao and Shen, Yujun and Zhu, Jiapeng and Yang, Ceyuan and Zhou, Bolei},
