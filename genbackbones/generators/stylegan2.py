@@ -467,30 +467,13 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
-class Generator(nn.Module):
-    """StyleGAN2 generator, NVIDIA-compatible (see module docstring), plus method hooks."""
+class FrozenGeneratorMethods:
+    """The FrozenGenerator interface (base.py) for a generator whose `mapping` and `synthesis` do the work.
 
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None,
-                 synthesis_kwargs=None, **flat_synthesis_kwargs):
-        super().__init__()
-        mapping_kwargs = dict(mapping_kwargs or {})
-        synthesis_kwargs = {**dict(synthesis_kwargs or {}), **flat_synthesis_kwargs}
-        self.init_kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
-                                img_channels=img_channels, mapping_kwargs=mapping_kwargs,
-                                synthesis_kwargs=synthesis_kwargs)
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-                                          **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
-
-    def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None, update_emas=False, **synthesis_kwargs):
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                          update_emas=update_emas or None)
-        return self.synthesis(ws, **synthesis_kwargs)
-
-    # -- the FrozenGenerator interface (see base.py) --------------------------
+    StyleGAN2 and StyleGAN3 differ inside their synthesis networks (which produce the
+    taps, traces and resumed passes); at the generator level the interface is the
+    same code, so both families' `Generator` inherit it from here.
+    """
 
     @property
     def resolution(self) -> int:
@@ -525,6 +508,31 @@ class Generator(nn.Module):
     def synthesize_from_styles(self, styles: dict[str, torch.Tensor], noise_mode: str = "const",
                                fused_modconv: bool | None = None) -> torch.Tensor:
         return self.synthesis.trace(styles=styles, noise_mode=noise_mode, fused_modconv=fused_modconv).img
+
+
+
+class Generator(FrozenGeneratorMethods, nn.Module):
+    """StyleGAN2 generator, NVIDIA-compatible (see module docstring), plus method hooks."""
+
+    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None,
+                 synthesis_kwargs=None, **flat_synthesis_kwargs):
+        super().__init__()
+        mapping_kwargs = dict(mapping_kwargs or {})
+        synthesis_kwargs = {**dict(synthesis_kwargs or {}), **flat_synthesis_kwargs}
+        self.init_kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
+                                img_channels=img_channels, mapping_kwargs=mapping_kwargs,
+                                synthesis_kwargs=synthesis_kwargs)
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
+                                          **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+
+    def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None, update_emas=False, **synthesis_kwargs):
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                          update_emas=update_emas or None)
+        return self.synthesis(ws, **synthesis_kwargs)
 
 
 # ----------------------------------------------------------------------------- discriminator

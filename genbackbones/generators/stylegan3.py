@@ -32,7 +32,6 @@ teacher, never trained, so `update_emas` is accepted and ignored.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -40,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import epilogue, modulated_conv2d, upfirdn2d
-from .stylegan2 import NOISE_MODES, FullyConnectedLayer, Step, SynthesisTrace, TapSpec, _check_shape
+from .stylegan2 import (NOISE_MODES, FrozenGeneratorMethods, FullyConnectedLayer, Step, SynthesisTrace, TapSpec,
+                        _check_shape)
 from .stylegan2 import MappingNetwork as _StyleGAN2Mapping
 
 FAMILY = "stylegan3"
@@ -443,7 +443,7 @@ class SynthesisNetwork(nn.Module):
 # ----------------------------------------------------------------------------- generator
 
 
-class Generator(nn.Module):
+class Generator(FrozenGeneratorMethods, nn.Module):
     """StyleGAN3 generator, NVIDIA-compatible (see module docstring), with the FrozenGenerator interface (base.py).
 
     NVIDIA passes the synthesis arguments flat (`Generator(z_dim, ..., channel_base=...)`); a nested
@@ -476,39 +476,3 @@ class Generator(nn.Module):
     def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None, update_emas=False, **synthesis_kwargs):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=False)
         return self.synthesis(ws, **synthesis_kwargs)
-
-    # -- the FrozenGenerator interface (see base.py) --------------------------
-
-    @property
-    def resolution(self) -> int:
-        return self.img_resolution
-
-    def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        return torch.randn([n, self.z_dim], generator=generator, device=device or "cpu")
-
-    def sample_labels(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor | None:
-        """Random one-hot labels for conditional networks, None for unconditional ones."""
-        if self.c_dim == 0:
-            return None
-        idx = torch.randint(0, self.c_dim, [n], generator=generator, device=device or "cpu")
-        return F.one_hot(idx, self.c_dim).float()
-
-    def tap_specs(self) -> dict[str, TapSpec]:
-        return self.synthesis.tap_specs()
-
-    def style_dims(self) -> dict[str, int]:
-        return self.synthesis.style_dims()
-
-    def trace(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
-              truncation_cutoff: int | None = None, noise_mode: str = "const",
-              fused_modconv: bool | None = None) -> SynthesisTrace:
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                          update_emas=False)
-        return self.synthesis.trace(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
-
-    def resume(self, trace: SynthesisTrace, tap: str, value: torch.Tensor) -> torch.Tensor:
-        return self.synthesis.resume(trace, tap, value)
-
-    def synthesize_from_styles(self, styles: dict[str, torch.Tensor], noise_mode: str = "const",
-                               fused_modconv: bool | None = None) -> torch.Tensor:
-        return self.synthesis.trace(styles=styles, noise_mode=noise_mode, fused_modconv=fused_modconv).img
