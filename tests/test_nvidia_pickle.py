@@ -481,3 +481,33 @@ def test_hostile_kwargs_are_one_line_before_any_layer_is_allocated(tmp_path, sou
     assert "\n" not in message and "Traceback" not in proc.stderr
     assert time.monotonic() - began < 60
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 3 * 2**20  # KiB: every child stayed < 3 GiB
+
+
+@pytest.mark.parametrize("form", ["reconstruct", "frombuffer"])
+def test_one_bytes_object_made_into_many_arrays_stays_small(tmp_path, form):
+    """A 4 MB bytes object memoised and made into 100 arrays (numpy's protocol 3 and protocol 5 forms) takes its
+    4 MB once, not 400 MB: arrays are views of the file's bytes."""
+    import tracemalloc
+
+    from genbackbones.generators.formats.nvidia_pickle import load_pickle
+
+    shared = bytes(4 << 20)
+
+    class SharedBytesArray:
+        def __reduce__(self):
+            if form == "reconstruct":
+                return (np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                        (1, (1 << 20,), np.dtype("<f4"), False, shared))
+            return np._core.numeric._frombuffer, (shared, np.dtype("<f4"), (1 << 20,), "C")
+
+    path = tmp_path / "shared.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": [SharedBytesArray() for _ in range(100)]}, protocol=3))
+    assert path.stat().st_size < 5 << 20
+    tracemalloc.start()
+    try:
+        arrays = load_pickle(path)["G_ema"]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(arrays) == 100 and all(a.shape == (1 << 20,) and a.dtype == np.float32 for a in arrays)
+    assert peak < 64 << 20, f"peak {peak / 2**20:.0f} MiB"

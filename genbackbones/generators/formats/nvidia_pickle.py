@@ -226,7 +226,11 @@ def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.nda
         raise Refused("a numpy array that is not plain numbers")
     if len(buffer) != int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize:
         raise Refused("a numpy array whose data does not match its shape")
-    return np.frombuffer(bytes(buffer), dtype=dtype.fresh()).reshape(tuple(shape), order=order).copy(order=order)
+    # a read-only view of the file's bytes, not a copy: one memoised bytes object made into many arrays must not
+    # multiply its size in memory
+    array = np.frombuffer(buffer, dtype=dtype.fresh()).reshape(tuple(shape), order=order)
+    array.flags.writeable = False
+    return array
 
 
 def _int_tuple(value: Any) -> bool:
