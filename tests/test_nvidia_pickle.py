@@ -464,7 +464,9 @@ def hostile_kwargs_folder(tmp_path: Path, source: str, **changes) -> Path:
      "cannot build a StyleGAN2 Generator from its recorded arguments (RuntimeError: "),
     ("random:tiny32", {"img_resolution": 0}, "the recorded img_resolution=0 is not a power of two >= 4"),
     ("random:sg3-r32", {"img_resolution": 0}, "the recorded img_resolution=0 is not an integer >= 4"),
-], ids=["channel_max-2**15", "channel_max-2**60", "stylegan2-resolution-0", "stylegan3-resolution-0"])
+    ("random:sg3-r32", {"synthesis_kwargs.filter_size": 10**4}, "(ValueError: a filter needs 1 to 1024 taps, got "),
+], ids=["channel_max-2**15", "channel_max-2**60", "stylegan2-resolution-0", "stylegan3-resolution-0",
+        "stylegan3-filter_size-10**4"])
 def test_hostile_kwargs_are_one_line_before_any_layer_is_allocated(tmp_path, source, changes, named):
     """The file's kwargs size the network before its weights are compared: built on the meta device first, a
     channel_max of 2**15 (~38 GB a layer) is one line in seconds, not a killed process or a traceback."""

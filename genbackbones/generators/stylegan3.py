@@ -64,6 +64,9 @@ def kaiser_beta(atten: float) -> float:
     return 0.0
 
 
+MAX_FILTER_TAPS = 1024
+
+
 def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
                           radial: bool = False) -> torch.Tensor | None:
     """NVIDIA's low-pass filters: a separable windowed-sinc (Kaiser) FIR, or a radial jinc one; None for 1 tap.
@@ -76,8 +79,10 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
     network pickle are loaded from its buffers anyway; the design matters for networks built
     from their arguments (the `random:` presets), and is tested against NVIDIA's buffers.
     """
-    if numtaps < 1:
-        raise ValueError(f"numtaps must be >= 1, got {numtaps}")
+    if not 1 <= numtaps <= MAX_FILTER_TAPS:
+        # NVIDIA's layers use at most filter_size 6 x an up/down factor of 4; the bound keeps a checkpoint's
+        # edited kwargs from designing a 20000x20000 radial filter in numpy before any weight is compared
+        raise ValueError(f"a filter needs 1 to {MAX_FILTER_TAPS} taps, got {numtaps}")
     if numtaps == 1:
         return None
     nyquist = fs / 2
