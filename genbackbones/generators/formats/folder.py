@@ -171,6 +171,10 @@ def build_network(class_name: str, init_kwargs: dict, state_dict: dict[str, torc
         need = "a power of two >= 4" if name == "StyleGAN2" else "an integer >= 4"
         raise UserError(f"{where}: the recorded img_resolution={resolution!r} is not {need}; the checkpoint is "
                         "damaged or was edited")
+    for key, count in _layer_counts(init_kwargs):
+        if count > len(state_dict):  # every layer holds at least one tensor; a million layers is a memory bomb too
+            raise UserError(f"{where}: the recorded {key}={count} asks for more layers than the {len(state_dict)} "
+                            "tensors of its weights; the checkpoint is damaged or was edited")
     # The file's kwargs size every layer before any weight is compared: built on the meta device first (no
     # memory), a channel_max of 2**15 beside small weights is one line here instead of ~38 GB per layer.
     with torch.device("meta"):
@@ -179,6 +183,17 @@ def build_network(class_name: str, init_kwargs: dict, state_dict: dict[str, torc
     module = _construct(cls, init_kwargs, where, name, class_name)
     load_strict(module, state_dict, f"{where} ({class_name})")
     return module.eval().requires_grad_(False)
+
+
+def _layer_counts(kwargs: dict, prefix: str = "") -> list[tuple[str, int]]:
+    """Every `num_layers` in the (nested) kwargs, as (dotted key, value)."""
+    found = []
+    for key, value in kwargs.items():
+        if isinstance(value, dict):
+            found += _layer_counts(value, f"{prefix}{key}.")
+        elif key == "num_layers" and isinstance(value, int):
+            found.append((f"{prefix}{key}", value))
+    return found
 
 
 def _construct(cls: type[nn.Module], init_kwargs: dict, where: str, name: str, class_name: str) -> nn.Module:
