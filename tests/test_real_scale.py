@@ -91,37 +91,3 @@ def test_ghfeat_resnet50_ffhq256_runs_a_step(tmp_path):
     print(f"ghfeat resnet50 256 px, batch 2: training step peak RSS {step_peak / 2**20:.2f} GiB, "
           f"whole process {peak / 2**20:.2f} GiB")
     assert (tmp_path / "gh" / "export" / "config.json").exists()
-
-
-# NVIDIA's TensorFlow LSUN config-f networks (paper 000's other two domains), as random generators of the same
-# configuration: the recipes name the real pickles, which cannot exist offline
-@pytest.mark.parametrize("recipe,preset,resolution", [("layermatch/hrnet_w18-lsun_church256", "church256", 256),
-                                                      ("layermatch/hrnet_w18-lsun_car512", "car512", 512)],
-                         ids=["church256", "car512"])
-def test_layermatch_lsun_recipes_run_a_step_and_memory(tmp_path, recipe, preset, resolution):
-    offline = [arg.replace("random:ffhq256", f"random:{preset}") for arg in OFFLINE]
-    step_peak, peak = run_measured(tmp_path, preset, recipe, *offline, "--set", "backbone.init=random",
-                                   "--set", "train.batch_size=1", resolution=resolution)
-    print(f"layermatch hrnet_w18 {preset} ({resolution} px), batch 1: training step peak RSS "
-          f"{step_peak / 2**20:.2f} GiB, whole process {peak / 2**20:.2f} GiB")
-    recipe_text = (tmp_path / preset / "recipe.yaml").read_text()
-    assert f"source: random:{preset}" in recipe_text and "mixed_precision: bf16" in recipe_text
-    assert (tmp_path / preset / "export" / "config.json").exists()
-    assert 0 < step_peak / 2**20 < 16
-
-
-# NVIDIA's StyleGAN3 AFHQv2 512 px config-t network, as a random generator of the same configuration: StyleGAN3's
-# layers are larger than the image (up to 532 px here), only their centres are matched
-def test_layermatch_stylegan3_afhqv2_recipe_runs_a_step_and_memory(tmp_path):
-    offline = [arg.replace("random:ffhq256", "random:sg3-t-afhqv2-512") for arg in OFFLINE]
-    step_peak, peak = run_measured(tmp_path, "afhqv2", "layermatch/hrnet_w18-afhqv2_512", *offline,
-                                   "--set", "backbone.init=random", "--set", "train.batch_size=1", resolution=512)
-    print(f"layermatch hrnet_w18 sg3-t-afhqv2-512 (512 px), batch 1: training step peak RSS "
-          f"{step_peak / 2**20:.2f} GiB, whole process {peak / 2**20:.2f} GiB")
-    info = json.loads((tmp_path / "afhqv2" / "run.json").read_text())
-    assert info["matches"] == ["synthesis.L1_36_512 <- level 4", "synthesis.L3_52_512 <- level 3",
-                               "synthesis.L5_84_512 <- level 2", "synthesis.L7_148_483 <- level 1"]
-    recipe_text = (tmp_path / "afhqv2" / "recipe.yaml").read_text()
-    assert "source: random:sg3-t-afhqv2-512" in recipe_text and "mixed_precision: bf16" in recipe_text
-    assert (tmp_path / "afhqv2" / "export" / "config.json").exists()
-    assert 0 < step_peak / 2**20 < 16

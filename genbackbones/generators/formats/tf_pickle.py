@@ -33,7 +33,6 @@ source of the network code, which TensorFlow's loader *executes* on unpickling. 
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 
