@@ -467,13 +467,36 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
-class FrozenGeneratorMethods:
-    """The FrozenGenerator interface (base.py) for a generator whose `mapping` and `synthesis` do the work.
+class StyleGANGenerator:
+    """The generator level both families share: construction from NVIDIA's init kwargs and the FrozenGenerator
+    interface (base.py), for a generator whose `mapping` and `synthesis` do the work.
 
-    StyleGAN2 and StyleGAN3 differ inside their synthesis networks (which produce the
-    taps, traces and resumed passes); at the generator level the interface is the
-    same code, so both families' `Generator` inherit it from here.
+    StyleGAN2 and StyleGAN3 differ inside their mapping and synthesis networks (which
+    produce the taps, traces and resumed passes); a family's `Generator` names them
+    (`synthesis_class`, `mapping_class`) and inherits the rest from here. NVIDIA passes
+    the synthesis arguments flat (StyleGAN3) or nested (StyleGAN2); both are accepted
+    and `init_kwargs` records them nested.
     """
+
+    synthesis_class: type
+    mapping_class: type
+
+    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None,
+                 synthesis_kwargs=None, **flat_synthesis_kwargs):
+        super().__init__()
+        mapping_kwargs = dict(mapping_kwargs or {})
+        synthesis_kwargs = {**dict(synthesis_kwargs or {}), **flat_synthesis_kwargs}
+        self.init_kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
+                                img_channels=img_channels, mapping_kwargs=mapping_kwargs,
+                                synthesis_kwargs=synthesis_kwargs)
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.synthesis = self.synthesis_class(w_dim=w_dim, img_resolution=img_resolution,
+                                              img_channels=img_channels, **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = self.mapping_class(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws,
+                                          **mapping_kwargs)
+
 
     @property
     def resolution(self) -> int:
@@ -510,24 +533,10 @@ class FrozenGeneratorMethods:
         return self.synthesis.trace(styles=styles, noise_mode=noise_mode, fused_modconv=fused_modconv).img
 
 
-
-class Generator(FrozenGeneratorMethods, nn.Module):
+class Generator(StyleGANGenerator, nn.Module):
     """StyleGAN2 generator, NVIDIA-compatible (see module docstring), plus method hooks."""
 
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None,
-                 synthesis_kwargs=None, **flat_synthesis_kwargs):
-        super().__init__()
-        mapping_kwargs = dict(mapping_kwargs or {})
-        synthesis_kwargs = {**dict(synthesis_kwargs or {}), **flat_synthesis_kwargs}
-        self.init_kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
-                                img_channels=img_channels, mapping_kwargs=mapping_kwargs,
-                                synthesis_kwargs=synthesis_kwargs)
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-                                          **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+    synthesis_class, mapping_class = SynthesisNetwork, MappingNetwork
 
     def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None, update_emas=False, **synthesis_kwargs):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,

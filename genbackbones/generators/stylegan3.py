@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import epilogue, modulated_conv2d, upfirdn2d
-from .stylegan2 import (NOISE_MODES, FrozenGeneratorMethods, FullyConnectedLayer, Step, SynthesisTrace, TapSpec,
+from .stylegan2 import (NOISE_MODES, FullyConnectedLayer, Step, StyleGANGenerator, SynthesisTrace, TapSpec,
                         _check_shape)
 from .stylegan2 import MappingNetwork as _StyleGAN2Mapping
 
@@ -448,7 +448,7 @@ class SynthesisNetwork(nn.Module):
 # ----------------------------------------------------------------------------- generator
 
 
-class Generator(FrozenGeneratorMethods, nn.Module):
+class Generator(StyleGANGenerator, nn.Module):
     """StyleGAN3 generator, NVIDIA-compatible (see module docstring), with the FrozenGenerator interface (base.py).
 
     NVIDIA passes the synthesis arguments flat (`Generator(z_dim, ..., channel_base=...)`); a nested
@@ -456,21 +456,7 @@ class Generator(FrozenGeneratorMethods, nn.Module):
     """
 
     family = FAMILY
-
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None,
-                 synthesis_kwargs=None, **flat_synthesis_kwargs):
-        super().__init__()
-        mapping_kwargs = dict(mapping_kwargs or {})
-        synthesis_kwargs = {**dict(synthesis_kwargs or {}), **flat_synthesis_kwargs}
-        self.init_kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
-                                img_channels=img_channels, mapping_kwargs=mapping_kwargs,
-                                synthesis_kwargs=synthesis_kwargs)
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-                                          **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+    synthesis_class, mapping_class = SynthesisNetwork, MappingNetwork
 
     @property
     def config(self) -> str:
