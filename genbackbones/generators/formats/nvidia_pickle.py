@@ -32,12 +32,14 @@ instead (formats/tf_pickle.py reads them).
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import pickle
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import numpy as np
@@ -298,24 +300,36 @@ class NvidiaNetwork:
     architecture: str = "stylegan2"
 
 
-def load_pickle(path: str | Path) -> Any:
-    """Unpickle `path` with `RestrictedUnpickler`; every failure is a one-line UserError."""
-    path = Path(path)
+@contextlib.contextmanager
+def unpickling_errors(path: Path, advice: str) -> Iterator[None]:
+    """Every failure while unpickling `path` as one UserError line (this reader's and tf_pickle.py's): a refused
+    global with `advice`, an unreadable file, or a truncated or corrupt one. A UserError raised inside (a reader's
+    own refusal) passes through."""
     try:
-        with open(path, "rb") as f:
-            return RestrictedUnpickler(f).load()
+        yield
+    except UserError:
+        raise
     except Refused as err:
-        raise UserError(f"refused to load {err} from {path.name}: {_ADVICE}") from None
-    except LegacyTensorFlowPickle:
-        # open_generator sends TensorFlow pickles to formats/tf_pickle.py first; only a direct call lands here
-        raise UserError(f"{path.name} is a TensorFlow StyleGAN2 pickle, which this PyTorch-pickle reader does not "
-                        "read: open it with open_generator / `genbackbones generator convert` (formats/tf_pickle.py)"
-                        ) from None
+        raise UserError(f"refused to load {err} from {path.name}: {advice}") from None
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     except Exception as err:  # noqa: BLE001 - truncated or corrupt files fail in many ways
         raise UserError(f"{path.name} is truncated or not a network pickle ({_one_line(err)}); "
                         "download it again") from None
+
+
+def load_pickle(path: str | Path) -> Any:
+    """Unpickle `path` with `RestrictedUnpickler`; every failure is a one-line UserError."""
+    path = Path(path)
+    with unpickling_errors(path, _ADVICE):
+        try:
+            with open(path, "rb") as f:
+                return RestrictedUnpickler(f).load()
+        except LegacyTensorFlowPickle:
+            # open_generator sends TensorFlow pickles to formats/tf_pickle.py first; only a direct call lands here
+            raise UserError(f"{path.name} is a TensorFlow StyleGAN2 pickle, which this PyTorch-pickle reader does "
+                            "not read: open it with open_generator / `genbackbones generator convert` "
+                            "(formats/tf_pickle.py)") from None
 
 
 def read_network_pickle(path: str | Path) -> dict[str, NvidiaNetwork]:

@@ -41,7 +41,7 @@ import torch
 
 from ...errors import UserError
 from ..ops import setup_filter
-from .nvidia_pickle import NvidiaNetwork, PlainDtype, Refused, _one_line, to_plain
+from .nvidia_pickle import NvidiaNetwork, PlainDtype, Refused, _one_line, to_plain, unpickling_errors
 from .rosinality import channel_layout
 
 _SNIFF_BYTES = 4096
@@ -171,18 +171,12 @@ class TFUnpickler(pickle.Unpickler):
 def load_tf_pickle(path: str | Path) -> Any:
     """Unpickle `path` with `TFUnpickler`; every failure is a one-line UserError."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return TFUnpickler(f).load()
-    except Refused as err:
-        raise UserError(f"refused to load {err} from {path.name}: {_ADVICE}") from None
-    except _OtherFamily as err:
-        raise _refuse_family(path.name, str(err)) from None
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
-    except Exception as err:  # noqa: BLE001 - truncated or corrupt files fail in many ways
-        raise UserError(f"{path.name} is truncated or not a network pickle ({_one_line(err)}); "
-                        "download it again") from None
+    with unpickling_errors(path, _ADVICE):
+        try:
+            with open(path, "rb") as f:
+                return TFUnpickler(f).load()
+        except _OtherFamily as err:
+            raise _refuse_family(path.name, str(err)) from None
 
 
 # ----------------------------------------------------------------------------- what a file holds
