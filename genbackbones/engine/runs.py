@@ -222,8 +222,9 @@ def reopen(run_dir: Path, steps: int | None) -> tuple[Recipe, Path]:
     if not (run_dir / "recipe.yaml").exists():
         raise UserError(f"{run_dir} is not a run folder (no recipe.yaml); pass the folder a training command printed")
     recipe = load_recipe(run_dir / "recipe.yaml", [f"train.steps={steps}"] if steps else [])
-    done = latest_checkpoint(run_dir)
-    if done is not None and steps is not None:
+    # verifying checkpoints reads their files: only when --steps needs the step (train() picks the one to load)
+    done = latest_checkpoint(run_dir) if steps is not None else None
+    if done is not None:
         step = checkpoint_step(done)
         if steps < step:
             raise UserError(f"--steps {steps} is below the {step} steps {run_dir} has already trained")
