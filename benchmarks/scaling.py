@@ -35,6 +35,7 @@ resumed by this one (retrain it: one curve, one code version per run).
     python benchmarks/scaling.py select          # only the selection runs and their validation tables
     python benchmarks/scaling.py sweep           # the budgets (needs the selection)
     python benchmarks/scaling.py report          # summary.csv, compute.json, plots, README from what is there
+    python benchmarks/scaling.py merge --parts A,B --out C   # outputs run side by side (one per method) -> one
     python benchmarks/scaling.py --tiny          # the whole pipeline on tiny settings: a smoke test
 
 Run folders live in --work (default benchmarks/work/scaling; git-ignored); results in
@@ -326,6 +327,58 @@ def sweep(args, work: Path, out: Path, console: Console) -> None:
             evaluate_runs(jobs, args.arch or ARCH, done, out / "sweep", args.seeds, settings, console)
 
 
+# ----------------------------------------------------------------------------- merge
+
+
+def merge(parts: list[Path], out: Path, console: Console) -> None:
+    """Outputs of this script made side by side -> one output: their selections and their tables.
+
+    Why: one process trains and evaluates on one core, so a 2-core machine runs one process per method
+    (`--methods layermatch --out A`, `--methods simclr-real --out B`) and merges A and B here. The tables merge
+    exactly (vs_ssl.merge_results: rows are independent; random init, evaluated in both, is one row when its
+    numbers agree, and refused when they do not); a method selected in two parts, or parts searched over other
+    grids, are refused."""
+    from genbackbones.evaluate.report import write_outputs
+
+    if out.resolve() in {p.resolve() for p in parts}:
+        raise UserError(f"--out {out} is one of --parts; merge into a new folder")
+    records = []
+    for part in parts:
+        path = part / "selection.json"
+        if not path.is_file():
+            raise UserError(f"--parts: {part} has no selection.json; give output folders of this script")
+        records.append(json.loads(path.read_text()))
+    selected: dict[str, dict] = {}
+    for part, record in zip(parts, records):
+        if {k: v for k, v in record.items() if k != "selected"} != {k: v for k, v in records[0].items()
+                                                                    if k != "selected"}:
+            raise UserError(f"--parts: {part} and {parts[0]} were selected with other criteria or grids")
+        for domain, methods in record["selected"].items():
+            for method, chosen in methods.items():
+                if method in selected.get(domain, {}):
+                    raise UserError(f"--parts: {domain}/{method} is selected in two parts; keep one")
+                selected.setdefault(domain, {})[method] = chosen
+    tables: dict[Path, list[Path]] = {}
+    for part in parts:
+        for path in sorted(part.glob("*/*/*/*/results.json")):  # selection|sweep/domain/arch/task/results.json
+            tables.setdefault(path.parent.relative_to(part), []).append(path)
+    out.mkdir(parents=True, exist_ok=True)
+    for folder, paths in sorted(tables.items()):
+        results = [json.loads(p.read_text()) for p in paths]
+        merged = vs_ssl.merge_results(results) if len(results) > 1 else results[0]
+        runs = sorted({r for part in results for r in part.get("benchmark", {}).get("runs", [])})
+        merged["benchmark"] = {**results[0].get("benchmark", {}), "runs": runs}
+        write_outputs(merged, out / folder)
+        console.print(f"{folder}: {len(paths)} part(s), {len(merged['backbones'])} backbones", highlight=False)
+    atomic.write_text(out / "selection.json", json.dumps({**records[0], "selected": selected}, indent=2) + "\n")
+    computes = [json.loads((p / "compute.json").read_text()) for p in parts if (p / "compute.json").is_file()]
+    if computes:  # the report adds the rows of the run folders in --work; the generators' lines are kept
+        atomic.write_text(out / "compute.json", json.dumps({
+            "command": computes[0]["command"],
+            "runs": list({r["backbone"]: r for c in computes for r in c["runs"]}.values()),
+            "generators": list({g["domain"]: g for c in computes for g in c["generators"]}.values())}, indent=2) + "\n")
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -526,7 +579,7 @@ def _numbers(kind):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", nargs="?", default="all", choices=("all", "select", "sweep", "report"))
+    parser.add_argument("stage", nargs="?", default="all", choices=("all", "select", "sweep", "merge", "report"))
     parser.add_argument("--domains", default=None, help="faces,utkface (tiny: faces)")
     parser.add_argument("--methods", default="layermatch,simclr-real")
     parser.add_argument("--byol", action="store_true", help="add BYOL on the real images (byol-real)")
@@ -543,6 +596,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of every run and evaluation")
     parser.add_argument("--work", type=Path, default=None, help=f"run folders (default {WORK.relative_to(REPO)})")
     parser.add_argument("--out", type=Path, default=None, help=f"results (default {RESULTS.relative_to(REPO)})")
+    parser.add_argument("--parts", type=_numbers(Path), default=(),
+                        help="merge: the output folders to merge into --out (one per method run side by side)")
     parser.add_argument("--tiny", action="store_true", help="bundled faces, a few images: the pipeline in minutes")
     args = parser.parse_args(argv)
     args.domains = [d for d in (args.domains or ("faces" if args.tiny else ",".join(DOMAINS))).split(",") if d]
@@ -602,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
                     write_selection(out, selection, args)
         if args.stage in ("all", "sweep"):
             sweep(args, work, out, console)
+        if args.stage == "merge":
+            merge(list(args.parts), out, console)
         report(args, work, out, command, time.perf_counter() - started, console)
         return 0
     except UserError as error:

@@ -445,7 +445,9 @@ def merge_results(parts: list[dict]) -> dict:
     """Several evaluations of one task on the same data, settings and seeds -> one results dict: the union of their
     backbones, label counts and rows. The rows are independent (a labelled subset depends only on its count and
     seed, and each subset is checked to be the same in every part), so the merge is exact; what each part was
-    (command, date, versions, time) stays in `parts`. A row present twice is an error, not a silent choice."""
+    (command, date, versions, time) stays in `parts`. A row present twice is an error, not a silent choice, unless
+    it is a baseline that depends on its seed alone (random init, the landmark mean shape) with the same numbers in
+    both: then it is one row."""
     first = parts[0]
     for part in parts[1:]:
         for key in _SAME:
@@ -463,9 +465,10 @@ def merge_results(parts: list[dict]) -> dict:
             unavailable.setdefault(u["name"], u)
         for r in part["runs"]:
             key = (r["backbone"], r["labels"], r["seed"])
-            if key in rows and backbones[key[0]].get("kind") == "reference" and all(
+            if key in rows and backbones[key[0]].get("kind") in ("reference", "random") and all(
                     math.isclose(v, rows[key]["metrics"][k], rel_tol=1e-6) for k, v in r["metrics"].items()):
-                continue  # the landmark mean shape: every evaluation scores it, on the same subsets, the same
+                continue  # the landmark mean shape and random init (seeded by its seed alone): every evaluation
+                # that has them scores them on the same subsets, the same; a row that differs is still refused
             if key in rows:
                 raise UserError(f"cannot merge: {key[0]} at {key[1]} labels, seed {key[2]} is in two evaluations")
             rows[key] = r

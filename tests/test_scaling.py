@@ -135,3 +135,63 @@ def test_scaling_tiny_runs_the_sweep_resumes_a_killed_run_and_writes_the_curves(
     # a second call trains and evaluates nothing new
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "pretrain" not in again.stderr.replace("done earlier", ""), again.stderr[-2000:]
+
+
+def _split_table(table: dict, keep: set[str]) -> dict:
+    """`table` with only the backbones named in `keep` (and their rows), as one process's evaluation of them."""
+    part = {**table, "backbones": [b for b in table["backbones"] if b["name"] in keep],
+            "runs": [r for r in table["runs"] if r["backbone"] in keep]}
+    part["benchmark"] = {**table["benchmark"], "runs": [r for r in table["benchmark"]["runs"]
+                                                        if Path(r).name in keep]}
+    return part
+
+
+def test_merge_joins_outputs_run_side_by_side_exactly_and_refuses_what_differs(tmp_path):
+    """Two outputs made by one process per method (each with its own random-init rows) merge into the table one
+    process would have written: the same summary, random init once; a random init that differs, or a method
+    selected twice, is one line and exit 2."""
+    from genbackbones.evaluate.report import summarise
+
+    table = json.loads((REPO / "benchmarks" / "results" / "vs_ssl" / "faces" / "hrnet_w18_small" / "landmarks" /
+                        "results.json").read_text())
+    lanes = {"a": {"hrnet_w18_small-layermatch", "random init", "mean shape"},
+             "b": {"hrnet_w18_small-simclr-real", "random init", "mean shape"}}
+    methods = {"a": "layermatch", "b": "simclr-real"}
+    for lane, keep in lanes.items():
+        folder = tmp_path / lane / "sweep" / "faces" / "hrnet_w18_small" / "landmarks"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(_split_table(table, keep)))
+        (tmp_path / lane / "selection.json").write_text(json.dumps(
+            {"criterion": "c", "grid": {"lr_factors": [1.0]}, "selected": {"faces": {methods[lane]: {
+                "x": lane, "chosen_tag": "lr1-b16", "stages": [{"candidates": [{"settings_tag": "lr1-b16"}]}]}}}}))
+    generator = {"domain": "faces", "generator": "g", "steps": 1, "batch_size": 1, "images_seen": 1, "time": "t",
+                 "flops_per_step": 1.0, "flops": 1.0}  # so the report counts no generator's cost here
+    (tmp_path / "a" / "compute.json").write_text(json.dumps({"command": "c", "runs": [], "generators": [generator]}))
+    script = [sys.executable, str(REPO / "benchmarks" / "scaling.py"), "merge", "--domains", "faces",
+              "--work", str(tmp_path / "runs")]
+    done = subprocess.run([*script, "--parts", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--out", str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    merged = json.loads((tmp_path / "c" / "sweep" / "faces" / "hrnet_w18_small" / "landmarks" /
+                         "results.json").read_text())
+    expected = summarise(_split_table(table, lanes["a"] | lanes["b"]))
+    assert sorted(merged["summary"], key=json.dumps) == sorted(expected, key=json.dumps)
+    assert sum(r["backbone"] == "random init" for r in merged["runs"]) == len(table["labels"]) * len(table["seeds"])
+    assert [Path(r).name for r in merged["benchmark"]["runs"]] == ["hrnet_w18_small-layermatch",
+                                                                   "hrnet_w18_small-simclr-real"]
+    selection = json.loads((tmp_path / "c" / "selection.json").read_text())
+    assert {m: r["x"] for m, r in selection["selected"]["faces"].items()} == {"layermatch": "a", "simclr-real": "b"}
+    assert (tmp_path / "c" / "summary.csv").is_file()  # the report follows the merge
+
+    b_table = tmp_path / "b" / "sweep" / "faces" / "hrnet_w18_small" / "landmarks" / "results.json"
+    other = json.loads(b_table.read_text())
+    next(r for r in other["runs"] if r["backbone"] == "random init" and r["labels"] == 4 and r["seed"] == 0
+         )["metrics"]["nme_heatmap"] += 1.0
+    b_table.write_text(json.dumps(other))
+    differs = subprocess.run([*script, "--parts", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--out", str(tmp_path / "d")],
+                             capture_output=True, text=True, timeout=300)
+    assert differs.returncode == 2 and "Traceback" not in differs.stderr
+    assert "random init at 4 labels, seed 0 is in two evaluations" in " ".join(differs.stderr.split())
+    twice = subprocess.run([*script, "--parts", f"{tmp_path / 'a'},{tmp_path / 'a'}", "--out", str(tmp_path / "e")],
+                           capture_output=True, text=True, timeout=300)
+    assert twice.returncode == 2 and "faces/layermatch is selected in two parts" in twice.stderr
