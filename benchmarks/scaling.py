@@ -393,8 +393,11 @@ def parse_run_name(name: str) -> tuple[str, str, int] | None:
     return None
 
 
-def summary_rows(out: Path) -> list[dict]:
-    """Every sweep table's headline rows: method, images seen, task, labels, metric, mean, std, seeds."""
+def summary_rows(out: Path, work: Path) -> list[dict]:
+    """Every sweep table's headline rows: method, images seen, task, labels, metric, mean, std, seeds, and where
+    the point comes from: the run (compute.json's row, with its recipe and overrides), the commit(s) and machine(s)
+    of its sittings (its provenance.json in `work`; random init: none) and the evaluation table (with its
+    command in results.json)."""
     from genbackbones.evaluate.report import summarise
 
     rows = []
@@ -406,16 +409,23 @@ def summary_rows(out: Path) -> list[dict]:
             if not r["seeds"] or (parsed is None and r["backbone"] != "random init"):
                 continue
             method, tag, images = parsed if parsed else ("random init", "", 0)
+            record = work / domain / f"{r['backbone']}.provenance.json"
+            sittings = json.loads(record.read_text())["sittings"] if parsed and record.is_file() else []
             rows.append({"method": method, "images_seen": images, "task": f"{domain}/{task}", "labels": r["labels"],
                          "metric": r["metric"], "mean": round(r["mean"], 4), "std": round(r["std"], 4),
-                         "seeds": r["seeds"], "settings": tag})
+                         "seeds": r["seeds"], "settings": tag, "run": r["backbone"] if parsed else "",
+                         "commit": " ".join(dict.fromkeys((s["commit"] or "?")[:10] + ("+dirty" if s["dirty"] else "")
+                                                          for s in sittings)),
+                         "machine": "; ".join(dict.fromkeys(s["machine"] for s in sittings)),
+                         "evaluation": str(path.relative_to(out))})
     return rows
 
 
 def write_summary(out: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["method", "images_seen", "task", "labels", "metric", "mean", "std",
-                                                "seeds", "settings"], lineterminator="\n")
+                                                "seeds", "settings", "run", "commit", "machine", "evaluation"],
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(out / "summary.csv", buffer.getvalue())
@@ -516,7 +526,7 @@ def generator_cost(domain: str, work: Path, console: Console) -> dict:
 
 
 def report(args, work: Path, out: Path, command: str, seconds: float, console: Console) -> None:
-    rows = summary_rows(out)
+    rows = summary_rows(out, work)
     write_summary(out, rows)
     plots = plot(out, rows)
     previous = json.loads((out / "compute.json").read_text()) if (out / "compute.json").is_file() else {}
@@ -557,11 +567,21 @@ def readme(out: Path, rows: list[dict], runs: list[dict], generators: list[dict]
         lines += ["## How these numbers were made", "", (out / "NOTES.md").read_text().strip(), ""]
     selection = json.loads((out / "selection.json").read_text()) if (out / "selection.json").is_file() else {}
     lines += ["## Settings chosen on the validation split", "",
-              selection.get("criterion", "not selected yet") + ".", ""]
+              "Criterion: " + selection.get("criterion", "not selected yet") + ".", ""]
     for domain, methods in selection.get("selected", {}).items():
         for method, record in methods.items():
             tried = dict.fromkeys(c["settings_tag"] for stage in record["stages"] for c in stage["candidates"])
             lines.append(f"- {domain}/{method}: {record['chosen_tag']} (of {', '.join(tried)})")
+        tasks = list(next(iter(methods.values()))["validation_tasks"].items())
+        lines += ["", f"{domain}, validation scores (mean over seeds; mIoU and top-1 higher, NME lower is better):",
+                  "", "| method | stage | settings | " + " | ".join(f"{t} ({n} labels)" for t, n in tasks) +
+                  " | mean rank | chosen |", "|---" * (len(tasks) + 5) + "|"]
+        for method, record in methods.items():
+            for stage in record["stages"]:
+                for c in stage["candidates"]:
+                    scores = " | ".join(f"{c['validation'][t]:.2f}" if t in c["validation"] else "-" for t, _ in tasks)
+                    lines.append(f"| {method} | {stage['stage']} | {c['settings_tag']} | {scores} | "
+                                 f"{c['mean_rank']:g} | {'yes' if c['run'] == stage['chosen'] else ''} |")
     lines += ["", "## Results (test split)", "", "summary.csv holds every point (random init at images seen 0); "
               "one figure per task, one panel per label count.", ""]
     for path in plots:

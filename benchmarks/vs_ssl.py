@@ -465,8 +465,8 @@ def merge_results(parts: list[dict]) -> dict:
             unavailable.setdefault(u["name"], u)
         for r in part["runs"]:
             key = (r["backbone"], r["labels"], r["seed"])
-            if key in rows and backbones[key[0]].get("kind") in ("reference", "random") and all(
-                    math.isclose(v, rows[key]["metrics"][k], rel_tol=1e-6) for k, v in r["metrics"].items()):
+            if key in rows and backbones[key[0]].get("kind") in ("reference", "random") and _same_numbers(
+                    r["metrics"], rows[key]["metrics"]):
                 continue  # the landmark mean shape and random init (seeded by its seed alone): every evaluation
                 # that has them scores them on the same subsets, the same; a row that differs is still refused
             if key in rows:
@@ -482,6 +482,18 @@ def merge_results(parts: list[dict]) -> dict:
             "runs": list(rows.values()),
             "timing": {**first["timing"], "total_seconds": round(sum(p["total_seconds"] for p in history), 1)},
             "parts": history}
+
+
+def _same_numbers(a, b) -> bool:
+    """Two metrics records equal to 1e-6 relative (numbers), or exactly (anything else), at every depth (a metric
+    may be a dict, e.g. per-class scores)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_numbers(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-6)
+    return a == b
 
 
 def _portable(value):

@@ -105,7 +105,12 @@ def test_scaling_tiny_runs_the_sweep_resumes_a_killed_run_and_writes_the_curves(
     chosen = {m: selection["selected"]["faces"][m]["chosen_tag"] for m in ("layermatch", "simclr-real")}
 
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert list(rows[0]) == ["method", "images_seen", "task", "labels", "metric", "mean", "std", "seeds", "settings"]
+    assert list(rows[0]) == ["method", "images_seen", "task", "labels", "metric", "mean", "std", "seeds", "settings",
+                             "run", "commit", "machine", "evaluation"]
+    for r in rows:  # every point says where it comes from: random init was not trained
+        trained = r["method"] != "random init"
+        assert (len(r["commit"]) >= 10 and "CPU cores" in r["machine"]) == trained and bool(r["run"]) == trained
+        assert (out / r["evaluation"]).is_file()
     points = {(r["method"], int(r["images_seen"]), r["task"]) for r in rows}
     for task in ("faces/landmarks", "faces/hair_colour-linear"):
         assert {("layermatch", 8, task), ("layermatch", 16, task), ("simclr-real", 8, task),
