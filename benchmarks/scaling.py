@@ -462,7 +462,7 @@ def plot(out: Path, rows: list[dict]) -> list[Path]:
                 ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
             ax.minorticks_off()
             ax.set_xlabel("images seen in pretraining")
-            ax.set_ylabel(metric)
+            ax.set_ylabel(f"{metric} ({'lower' if metric.startswith('nme') else 'higher'} is better)")
             ax.set_title(f"{n} labels", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
