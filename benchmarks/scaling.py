@@ -100,8 +100,12 @@ GENERATORS = {
                         "sessions (benchmarks/assets/utkface64/README.md), i.e. 1.7-2.9 h for 72,000 images",
                 "seconds_range": [72_000 / 12, 72_000 / 7]},
     "faces": {"generator": "bundled (genbackbones/assets/faces64)", "recipe": "generators/faces64", "steps": 5000,
-              "batch_size": 16, "time": "not recorded (docs/generators.md: 80 kimg on the project's 2-core CPU "
-                                        "machine)", "seconds_range": None},
+              "batch_size": 16,
+              # `genbackbones train-generator generators/faces64 --set train.steps=40 --set train.num_threads=1`,
+              # 2026-12-06, the sweep's machine: mean CPU time of steps 2-40 (R1 every 16th step included)
+              "time": "not recorded when it was trained (docs/generators.md: 80 kimg on the project's 2-core CPU "
+                      "machine); its recipe measured at 1.32 CPU-s a step on one core, so about 1.8 CPU-hours for "
+                      "5,000 steps", "seconds_range": [5000 * 1.32, 5000 * 1.32]},
 }
 
 
@@ -536,6 +540,9 @@ def report(args, work: Path, out: Path, command: str, seconds: float, console: C
     for domain in args.domains:
         if not (generators.get(domain) or {}).get("flops_per_step"):
             generators[domain] = generator_cost(domain, work, console)
+        else:  # the counted FLOPs are kept; what is known of its training time is this file's
+            generators[domain] = {**generators[domain], "time": GENERATORS[domain]["time"],
+                                  "seconds_range": GENERATORS[domain]["seconds_range"]}
     atomic.write_text(out / "compute.json", json.dumps({"command": command, "runs": list(runs.values()),
                                                         "generators": list(generators.values())}, indent=2) + "\n")
     atomic.write_text(out / "README.md", readme(out, rows, list(runs.values()), list(generators.values()), plots,
