@@ -168,7 +168,9 @@ def test_merge_joins_outputs_run_side_by_side_exactly_and_refuses_what_differs(t
         (folder / "results.json").write_text(json.dumps(_split_table(table, keep)))
         (tmp_path / lane / "selection.json").write_text(json.dumps(
             {"criterion": "c", "grid": {"lr_factors": [1.0]}, "selected": {"faces": {methods[lane]: {
-                "x": lane, "chosen_tag": "lr1-b16", "stages": [{"candidates": [{"settings_tag": "lr1-b16"}]}]}}}}))
+                "x": lane, "chosen_tag": "lr1-b16", "validation_tasks": {"landmarks": "16"},
+                "stages": [{"stage": "lr", "chosen": "r", "candidates": [
+                    {"run": "r", "settings_tag": "lr1-b16", "validation": {"landmarks": 40.0}, "mean_rank": 1.0}]}]}}}}))
     generator = {"domain": "faces", "generator": "g", "steps": 1, "batch_size": 1, "images_seen": 1, "time": "t",
                  "flops_per_step": 1.0, "flops": 1.0}  # so the report counts no generator's cost here
     (tmp_path / "a" / "compute.json").write_text(json.dumps({"command": "c", "runs": [], "generators": [generator]}))
