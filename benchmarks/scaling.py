@@ -344,6 +344,8 @@ def merge(parts: list[Path], out: Path, console: Console) -> None:
     grids, are refused."""
     from genbackbones.evaluate.report import write_outputs
 
+    if len(parts) < 2:
+        raise UserError("merge needs --parts A,B[,...]: at least two output folders of this script")
     if out.resolve() in {p.resolve() for p in parts}:
         raise UserError(f"--out {out} is one of --parts; merge into a new folder")
     records = []

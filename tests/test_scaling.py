@@ -202,3 +202,5 @@ def test_merge_joins_outputs_run_side_by_side_exactly_and_refuses_what_differs(t
     twice = subprocess.run([*script, "--parts", f"{tmp_path / 'a'},{tmp_path / 'a'}", "--out", str(tmp_path / "e")],
                            capture_output=True, text=True, timeout=300)
     assert twice.returncode == 2 and "faces/layermatch is selected in two parts" in twice.stderr
+    alone = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 2 and alone.stderr.startswith("error: merge needs --parts"), alone.stderr[-2000:]
