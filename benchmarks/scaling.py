@@ -173,6 +173,12 @@ def provenance() -> dict:
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def sitting_commit(sitting: dict, width: int) -> str:
+    """A sitting's commit as shown in summary.csv and the README: its first `width` hex digits, `+dirty` when the
+    checkout had uncommitted changes."""
+    return (sitting["commit"] or "?")[:width] + ("+dirty" if sitting["dirty"] else "")
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -420,8 +426,7 @@ def summary_rows(out: Path, work: Path) -> list[dict]:
             rows.append({"method": method, "images_seen": images, "task": f"{domain}/{task}", "labels": r["labels"],
                          "metric": r["metric"], "mean": round(r["mean"], 4), "std": round(r["std"], 4),
                          "seeds": r["seeds"], "settings": tag, "run": r["backbone"] if parsed else "",
-                         "commit": " ".join(dict.fromkeys((s["commit"] or "?")[:10] + ("+dirty" if s["dirty"] else "")
-                                                          for s in sittings)),
+                         "commit": " ".join(dict.fromkeys(sitting_commit(s, 10) for s in sittings)),
                          "machine": "; ".join(dict.fromkeys(s["machine"] for s in sittings)),
                          "evaluation": str(path.relative_to(out))})
     return rows
@@ -561,7 +566,7 @@ def readme(out: Path, rows: list[dict], runs: list[dict], generators: list[dict]
              "## Runs", "", "| domain | run | images seen | steps | TFLOPs | training time | CPU time | commit |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["domain"], r["method"], r["images_seen"] or 0, r["backbone"])):
-        commits = sorted({(s["commit"] or "?")[:7] + ("+dirty" if s["dirty"] else "") for s in r.get("sittings") or []})
+        commits = sorted({sitting_commit(s, 7) for s in r.get("sittings") or []})
         lines.append(f"| {r['domain']} | {r['backbone']} | {r['images_seen']} | {r['steps']} | "
                      f"{(r['flops'] or 0) / 1e12:.3g} | {(r['train_seconds'] or 0) / 60:.1f} min | "
                      f"{(r.get('cpu_seconds') or 0) / 60:.1f} min | {', '.join(commits) or 'not recorded'} |")
