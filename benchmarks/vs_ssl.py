@@ -174,7 +174,7 @@ def pretrain(run: Pretraining, folder: Path, console: Console) -> dict:
         folder.parent.mkdir(parents=True, exist_ok=True)
         command = run.command(folder)
     console.print(f"{run.domain}/{run.name}: {shlex.join(command[2:])}", highlight=False, soft_wrap=True)
-    log = folder.with_suffix(".log")
+    log = folder.with_name(folder.name + ".log")  # not with_suffix: run names hold dots (scaling's lr0.5-b16-t0.5)
     t0 = time.perf_counter()
     with log.open("a") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)

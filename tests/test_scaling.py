@@ -74,7 +74,7 @@ def test_scaling_tiny_runs_the_sweep_resumes_a_killed_run_and_writes_the_curves(
     assert latest_checkpoint(first).name == "step-0000001"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming from step 1" in first.with_suffix(".log").read_text()
+    assert "resuming from step 1" in first.with_name(first.name + ".log").read_text()
     assert [h["step"] for h in read_metrics(first)] == [1, 2]
     # bit-identical: the resumed run ends with the weights of the same recipe trained straight through
     straight = run_cli("pretrain", str(first / "recipe.yaml"), "-o", str(tmp_path / "straight"), "--no-export",
@@ -85,6 +85,9 @@ def test_scaling_tiny_runs_the_sweep_resumes_a_killed_run_and_writes_the_curves(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     sittings = json.loads(first.with_name(first.name + ".provenance.json").read_text())["sittings"]
     assert len(sittings) == 2 and all(len(s["commit"]) == 40 and "CPU cores" in s["machine"] for s in sittings)
+    runs = [d for d in (tmp_path / "runs" / "faces").iterdir() if d.is_dir()]
+    assert any("t0.5" in d.name for d in runs)  # each run's log is named by its whole name, dots included
+    assert all(d.with_name(d.name + ".log").is_file() for d in runs), sorted(p.name for p in runs[0].parent.iterdir())
 
     out = tmp_path / "out"
     selection = json.loads((out / "selection.json").read_text())
