@@ -96,9 +96,12 @@ SWEEP_TASKS = {"faces": ("segmentation", "landmarks", "hair_colour-linear", "hai
 GENERATORS = {
     "utkface": {"generator": "benchmarks/assets/utkface64/generator",
                 "recipe": "benchmarks/recipes/generators/utkface64.yaml", "steps": 4500, "batch_size": 16,
-                "time": "not recorded as a number: 7-12 images/s on one core of a 2-core CPU VM, across resumed "
-                        "sessions (benchmarks/assets/utkface64/README.md), i.e. 1.7-2.9 h for 72,000 images",
-                "seconds_range": [72_000 / 12, 72_000 / 7]},
+                # `genbackbones train-generator benchmarks/recipes/generators/utkface64.yaml --set train.steps=40
+                # --set train.num_threads=1`, 2026-12-06, the sweep's machine: mean CPU time of steps 2-40
+                "time": "recorded as 7-12 images/s on one core of a 2-core CPU VM across resumed sessions "
+                        "(benchmarks/assets/utkface64/README.md: 1.7-2.9 h for 72,000 images); its recipe measured "
+                        "at 1.17 CPU-s a step on one core, so about 1.5 CPU-hours for 4,500 steps",
+                "seconds_range": [4500 * 1.17, 4500 * 1.17]},
     "faces": {"generator": "bundled (genbackbones/assets/faces64)", "recipe": "generators/faces64", "steps": 5000,
               "batch_size": 16,
               # `genbackbones train-generator generators/faces64 --set train.steps=40 --set train.num_threads=1`,
@@ -387,7 +390,7 @@ def merge(parts: list[Path], out: Path, console: Console) -> None:
     if computes:  # the report adds the rows of the run folders in --work; the generators' lines are kept
         atomic.write_text(out / "compute.json", json.dumps({
             "command": computes[0]["command"],
-            "runs": list({r["backbone"]: r for c in computes for r in c["runs"]}.values()),
+            "runs": list({run_key(r): r for c in computes for r in c["runs"]}.values()),
             "generators": list({g["domain"]: g for c in computes for g in c["generators"]}.values())}, indent=2) + "\n")
 
 
@@ -488,6 +491,12 @@ def plot(out: Path, rows: list[dict]) -> list[Path]:
     return written
 
 
+def run_key(row: dict) -> tuple[str, str]:
+    """A compute row's identity: run names repeat across domains (each domain's selection trains the same
+    settings), so the name alone would let one domain's row replace the other's."""
+    return row["domain"], row["backbone"]
+
+
 def compute_rows(work: Path, args) -> list[dict]:
     """compute.json's run rows: vs_ssl's row of every run folder here, with its CPU time and sittings added."""
     from genbackbones.engine.loop import read_metrics
@@ -541,8 +550,8 @@ def report(args, work: Path, out: Path, command: str, seconds: float, console: C
     write_summary(out, rows)
     plots = plot(out, rows)
     previous = json.loads((out / "compute.json").read_text()) if (out / "compute.json").is_file() else {}
-    runs = {r["backbone"]: r for r in previous.get("runs", [])}  # rows of runs whose folders are not here stay
-    runs.update({r["backbone"]: r for r in compute_rows(work, args)})
+    runs = {run_key(r): r for r in previous.get("runs", [])}  # rows of runs whose folders are not here stay
+    runs.update({run_key(r): r for r in compute_rows(work, args)})
     generators = {g["domain"]: g for g in previous.get("generators", [])}
     for domain in args.domains:
         if not (generators.get(domain) or {}).get("flops_per_step"):

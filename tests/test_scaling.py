@@ -176,7 +176,14 @@ def test_merge_joins_outputs_run_side_by_side_exactly_and_refuses_what_differs(t
                     {"run": "r", "settings_tag": "lr1-b16", "validation": {"landmarks": 40.0}, "mean_rank": 1.0}]}]}}}}))
     generator = {"domain": "faces", "generator": "g", "steps": 1, "batch_size": 1, "images_seen": 1, "time": "t",
                  "flops_per_step": 1.0, "flops": 1.0}  # so the report counts no generator's cost here
-    (tmp_path / "a" / "compute.json").write_text(json.dumps({"command": "c", "runs": [], "generators": [generator]}))
+    # one run name in two domains (each domain's selection trains the same settings): both rows are kept
+    row = json.loads((REPO / "benchmarks" / "results" / "scaling" / "compute.json").read_text())["runs"][0]
+    compute = {d: {**row, "domain": d, "backbone": "hrnet_w18_small-layermatch-lr1-b16-16000", "x": d}
+               for d in ("faces", "utkface")}
+    (tmp_path / "a" / "compute.json").write_text(json.dumps({"command": "c", "runs": [compute["faces"]],
+                                                             "generators": [generator]}))
+    (tmp_path / "b" / "compute.json").write_text(json.dumps({"command": "c", "runs": [compute["utkface"]],
+                                                             "generators": []}))
     script = [sys.executable, str(REPO / "benchmarks" / "scaling.py"), "merge", "--domains", "faces",
               "--work", str(tmp_path / "runs")]
     done = subprocess.run([*script, "--parts", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--out", str(tmp_path / "c")],
@@ -192,6 +199,8 @@ def test_merge_joins_outputs_run_side_by_side_exactly_and_refuses_what_differs(t
     selection = json.loads((tmp_path / "c" / "selection.json").read_text())
     assert {m: r["x"] for m, r in selection["selected"]["faces"].items()} == {"layermatch": "a", "simclr-real": "b"}
     assert (tmp_path / "c" / "summary.csv").is_file()  # the report follows the merge
+    runs = json.loads((tmp_path / "c" / "compute.json").read_text())["runs"]
+    assert sorted((r["domain"], r["x"]) for r in runs) == [("faces", "faces"), ("utkface", "utkface")]
 
     b_table = tmp_path / "b" / "sweep" / "faces" / "hrnet_w18_small" / "landmarks" / "results.json"
     other = json.loads(b_table.read_text())
